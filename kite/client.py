@@ -1,0 +1,275 @@
+"""``Client``: one peer of a kite, dialed by us or connected to us.
+
+On the dialing side a client owns the URL, the transport choice, reconnects
+with exponential back-off and the callback table that survives reconnects. On
+the serving side the kite creates one per incoming session, and handlers reach
+it as ``request.client`` to call back into their caller.
+
+``tell()`` blocks the calling greenlet only; it works in a plain script that
+never monkey-patched (websocket transports), since the library waits on gevent
+primitives itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.event import AsyncResult, Event
+
+from . import dnode
+from .config import normalize_transport
+from .connection import Connection
+from .errors import KiteError, SendError, TimeoutError
+from .protocol import Auth, KiteIdentity
+from .session import Session
+
+if TYPE_CHECKING:
+    from .kite import Kite
+
+log = logging.getLogger("kite.client")
+
+#: Back-off of reconnects (cenkalti/backoff defaults, as the Go client): first
+#: wait, growth factor and the +-jitter fraction; the cap comes from the config.
+BACKOFF_INITIAL = 0.5
+BACKOFF_MULTIPLIER = 1.5
+BACKOFF_JITTER = 0.5
+
+
+def backoff_delays(initial: float, multiplier: float, cap: float, jitter: float = BACKOFF_JITTER):
+    """Endless exponential back-off delays with +-``jitter`` randomisation."""
+    interval = initial
+    while True:
+        yield interval * (1 + random.uniform(-jitter, jitter))
+        interval = min(interval * multiplier, cap)
+
+
+class Client:
+    """A connection to another kite.
+
+    Create dialing clients with :meth:`Kite.new_client`; the kite creates
+    serving-side clients itself.
+    """
+
+    def __init__(self, local_kite: Kite, url: str = "", transport: str | None = None):
+        self.local_kite = local_kite
+        self.url = url
+        #: The remote kite's identity (from the first request on a served session).
+        self.kite = KiteIdentity()
+        #: Credentials sent with every call.
+        self.auth: Auth | None = None
+        #: Redial after a disconnect (set by :meth:`dial_forever`).
+        self.reconnect = False
+        #: Run incoming calls concurrently (``False``: one at a time, in order).
+        self.concurrent = not local_kite.config.disable_concurrency
+        self.transport = normalize_transport(transport or local_kite.config.transport)
+        #: Seconds bounding each dial; ``None`` for no bound.
+        self.dial_timeout_seconds = local_kite.config.dial_timeout
+        self._scrubber = dnode.Scrubber()
+        self._conn: Connection | None = None
+        self._dialed = True
+        self._first_request_done = False
+        self._closed = False
+        self._connected_once = Event()
+        self._dial_loop: gevent.Greenlet | None = None
+        self._on_connect: list[Callable[[Client], Any]] = []
+        self._on_disconnect: list[Callable[[Client], Any]] = []
+        self._on_token_expire: list[Callable[[Client], Any]] = []
+
+    def __repr__(self) -> str:
+        side = "dialed" if self._dialed else "served"
+        return f"<Client {side} {self.url or self.kite} connected={self.connected}>"
+
+    def __enter__(self) -> Client:
+        if self._conn is None:
+            self.dial()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while a session is up."""
+        return self._conn is not None and not self._conn.closed
+
+    @property
+    def dialed(self) -> bool:
+        """True if this process dialed the connection (calls on it skip authentication)."""
+        return self._dialed
+
+    @property
+    def remote_addr(self) -> str:
+        return self._conn.session.remote_addr if self._conn else ""
+
+    def on_connect(self, fn: Callable[[Client], Any]) -> Callable[[Client], Any]:
+        """Run ``fn(client)`` after every successful dial or redial (usable as a decorator)."""
+        self._on_connect.append(fn)
+        return fn
+
+    def on_disconnect(self, fn: Callable[[Client], Any]) -> Callable[[Client], Any]:
+        """Run ``fn(client)`` after every disconnect (usable as a decorator)."""
+        self._on_disconnect.append(fn)
+        return fn
+
+    def on_token_expire(self, fn: Callable[[Client], Any]) -> Callable[[Client], Any]:
+        """Run ``fn(client)`` when a call fails with "token is expired"."""
+        self._on_token_expire.append(fn)
+        return fn
+
+    # -- dialing -----------------------------------------------------------
+
+    def dial(self) -> None:
+        """Connect once, with the client's dial timeout. Raises ``ConnectionError`` on failure."""
+        self.dial_timeout(self.dial_timeout_seconds)
+
+    def dial_timeout(self, timeout: float | None) -> None:
+        """Connect once within ``timeout`` seconds."""
+        from .sockjs.client import dial as dial_session
+
+        if not self.url:
+            raise ValueError("client has no URL to dial")
+        self._closed = False
+        session = dial_session(self.url, transport=self.transport, timeout=timeout)
+        self._attach(session)
+
+    def dial_forever(self) -> Event:
+        """Dial in the background until it works, and redial after every disconnect.
+
+        Returns an event that is set after the first successful dial.
+        """
+        self.reconnect = True
+        self._closed = False
+        self._start_dial_loop()
+        return self._connected_once
+
+    def _start_dial_loop(self) -> None:
+        if self._dial_loop is None or self._dial_loop.dead:
+            self._dial_loop = gevent.spawn(self._redial)
+
+    def _redial(self) -> None:
+        cap = self.local_kite.config.reconnect_max_interval
+        delays = backoff_delays(BACKOFF_INITIAL, BACKOFF_MULTIPLIER, cap)
+        while not self._closed and self.reconnect and not self.connected:
+            try:
+                self.dial()
+                return
+            except Exception as exc:  # any dial failure: wait and retry
+                delay = next(delays)
+                log.debug("dial %s failed (%s); retrying in %.1fs", self.url, exc, delay)
+                gevent.sleep(delay)
+
+    def _attach(self, session: Session) -> None:
+        conn = Connection(
+            session,
+            self._scrubber,
+            self.local_kite._handle_call_for(self),
+            self.local_kite.config.max_concurrent_calls if self.concurrent else 1,
+        )
+        self._conn = conn
+        gevent.spawn(self._read, conn)
+        self._connected_once.set()
+        self._run_handlers(self._on_connect, background=True)
+
+    def _read(self, conn: Connection) -> None:
+        conn.run()
+        self._disconnected(conn)
+        if self.reconnect and not self._closed:
+            self._start_dial_loop()
+
+    def serve(self, session: Session) -> None:
+        """Serve an incoming session in the calling greenlet until it ends (used by the kite)."""
+        self._dialed = False
+        conn = Connection(
+            session,
+            self._scrubber,
+            self.local_kite._handle_call_for(self),
+            self.local_kite.config.max_concurrent_calls if self.concurrent else 1,
+        )
+        self._conn = conn
+        conn.run()
+        self._disconnected(conn)
+
+    def _disconnected(self, conn: Connection) -> None:
+        self._run_handlers(self._on_disconnect)
+
+    def _run_handlers(self, handlers: list[Callable[[Client], Any]], background: bool = False) -> None:
+        for fn in list(handlers):
+            if background:
+                gevent.spawn(self._run_handler, fn)
+            else:
+                self._run_handler(fn)
+
+    def _run_handler(self, fn: Callable[[Client], Any]) -> None:
+        try:
+            fn(self)
+        except Exception:
+            log.exception("handler %r failed", fn)
+
+    def close(self) -> None:
+        """Stop reconnecting and close the session; pending calls fail with ``disconnect``."""
+        self._closed = True
+        self.reconnect = False
+        if self._dial_loop is not None:
+            self._dial_loop.kill(block=False)
+        if self._conn is not None:
+            self._conn.session.close()
+
+    # -- calling -----------------------------------------------------------
+
+    def _start_call(self, method: str, args: tuple) -> tuple[Connection, int, AsyncResult]:
+        conn = self._conn
+        if conn is None:
+            raise SendError("can't send, session is not established yet")
+        if conn.closed:
+            raise SendError("can't send, client is closed")
+        auth = self.auth.to_wire() if self.auth is not None else None
+        cb_id, result = conn.call(method, self.local_kite.identity_wire(), auth, list(args))
+        return conn, cb_id, result
+
+    def tell(self, method: str, *args: Any) -> Any:
+        """Call ``method`` on the peer and wait for its result (no timeout).
+
+        Raises the peer's error as a :class:`KiteError` subclass.
+        """
+        return self.tell_with_timeout(method, None, *args)
+
+    def tell_with_timeout(self, method: str, timeout: float | None, *args: Any) -> Any:
+        """Call ``method`` and wait at most ``timeout`` seconds (``None`` or 0: forever)."""
+        conn, cb_id, result = self._start_call(method, args)
+        try:
+            return result.get(timeout=timeout or None)
+        except gevent.Timeout:
+            conn.cancel(cb_id)
+            raise TimeoutError(f'No response to "{method}" method in {timeout}s') from None
+        except KiteError as exc:
+            self._check_token_expired(exc)
+            raise
+
+    def go(self, method: str, *args: Any) -> AsyncResult:
+        """Start a call and return an :class:`~gevent.event.AsyncResult` for its result."""
+        return self.go_with_timeout(method, None, *args)
+
+    def go_with_timeout(self, method: str, timeout: float | None, *args: Any) -> AsyncResult:
+        """Like :meth:`go`; the result fails with ``TimeoutError`` after ``timeout`` seconds."""
+        conn, cb_id, result = self._start_call(method, args)
+        if timeout:
+            timer = gevent.get_hub().loop.timer(timeout)
+
+            def expire() -> None:
+                if not result.ready():
+                    conn.cancel(cb_id)
+                    result.set_exception(TimeoutError(f'No response to "{method}" method in {timeout}s'))
+
+            timer.start(expire)
+            result.rawlink(lambda _r: timer.close())
+        return result
+
+    def _check_token_expired(self, exc: KiteError) -> None:
+        if exc.type == "authenticationError" and "token is expired" in exc.message:
+            self._run_handlers(self._on_token_expire, background=True)

@@ -1,0 +1,227 @@
+"""One live session with one peer: the read loop and everything keyed by callback id.
+
+A :class:`Connection` sits on a :class:`~kite.session.Session` and speaks dnode:
+
+* outgoing calls get a response callback id and a pending
+  :class:`gevent.event.AsyncResult`; a disconnect fails every pending call at once;
+* incoming method calls run in worker greenlets, at most ``max_concurrent`` at a
+  time (``1`` keeps arrival order); extra calls wait in a queue, so the read loop
+  keeps reading responses even when every worker blocks on a call of its own;
+* incoming callback invocations run in arrival order on one serial worker;
+* responses are handled on the read loop itself (cheap, no greenlet).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent.event import AsyncResult, Event
+
+from . import dnode
+from .errors import (
+    DisconnectError,
+    InvalidResponseError,
+    LocalProtocolError,
+    ProtocolError,
+    SendError,
+    from_wire,
+)
+from .session import Session, SessionClosed
+
+log = logging.getLogger("kite.connection")
+
+#: Default number of calls one connection may run at once. Enough to keep two
+#: cores busy with blocking handlers, small enough that one greedy peer cannot
+#: create thousands of greenlets.
+DEFAULT_MAX_CONCURRENT_CALLS = 64
+#: Calls waiting for a worker before the read loop stops reading from the peer
+#: (back-pressure on a flooding peer; responses still flow below this bound).
+MAX_QUEUED_CALLS = 4096
+
+DISCONNECT_MESSAGE = "Remote kite has disconnected"
+
+CallHandler = Callable[["Connection", str, list], None]
+
+
+class Connection:
+    """The dnode state of one session. Created and owned by a :class:`~kite.client.Client`."""
+
+    def __init__(
+        self,
+        session: Session,
+        scrubber: dnode.Scrubber,
+        on_call: CallHandler,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT_CALLS,
+    ):
+        self.session = session
+        self.scrubber = scrubber
+        self._on_call = on_call
+        self._max_workers = max(1, max_concurrent)
+        self._workers = 0
+        self._calls: deque[dnode.Message] = deque()
+        self._queue_drained = Event()
+        self._queue_drained.set()
+        self._callbacks: deque[tuple[Callable[..., Any], list]] = deque()
+        self._callback_worker_running = False
+        #: Pending outgoing calls: response callback id -> (result, method name).
+        self._pending: dict[int, tuple[AsyncResult, str]] = {}
+        self.closed = False
+
+    # -- sending -----------------------------------------------------------
+
+    def send_message(self, method: str | int, arguments: list, callbacks: dict[str, list]) -> None:
+        """Encode and send one message; :class:`SendError` if the session is gone."""
+        text = dnode.encode_message(method, arguments, callbacks)
+        try:
+            self.session.send(text)
+        except SessionClosed:
+            raise SendError("can't send, session is closed") from None
+
+    def call(self, method: str, kite: dict, auth: dict | None, args: list) -> tuple[int, AsyncResult]:
+        """Send a kite call; return its response id and the :class:`AsyncResult` for the reply."""
+        if self.closed:
+            raise SendError("can't send, session is closed")
+        scrubber = self.scrubber
+        cb_id = scrubber.allocate()
+        callbacks: dict[str, list] = {str(cb_id): [0, "responseCallback"]}
+        with_args = scrubber.scrub(args, [0, "withArgs"], callbacks)
+        options = {
+            "kite": kite,
+            "authentication": auth,
+            "responseCallback": dnode.FUNCTION_PLACEHOLDER,
+            "withArgs": with_args,
+        }
+        result = AsyncResult()
+        self._pending[cb_id] = (result, method)
+        try:
+            self.send_message(method, [options], callbacks)
+        except (SendError, LocalProtocolError):
+            self._forget(cb_id, callbacks)
+            raise
+        return cb_id, result
+
+    def cancel(self, cb_id: int) -> None:
+        """Forget a pending call (after its timeout); a late reply is ignored."""
+        self._pending.pop(cb_id, None)
+
+    def _forget(self, cb_id: int, callbacks: dict[str, list]) -> None:
+        self._pending.pop(cb_id, None)
+        for key in callbacks:
+            self.scrubber.remove(int(key))
+
+    def make_proxy(self, cb_id: int) -> Callable[..., None]:
+        """A callable that invokes the peer's callback ``cb_id`` (fire and forget)."""
+
+        def callback(*args: Any) -> None:
+            callbacks: dict[str, list] = {}
+            arguments = self.scrubber.scrub(list(args), [], callbacks)
+            self.send_message(cb_id, arguments, callbacks)
+
+        callback.__name__ = f"remote_callback_{cb_id}"
+        return callback
+
+    # -- receiving ---------------------------------------------------------
+
+    def run(self) -> None:
+        """Read messages until the session ends, then fail every pending call."""
+        session = self.session
+        try:
+            while True:
+                if len(self._calls) >= MAX_QUEUED_CALLS:
+                    self._queue_drained.clear()
+                    self._queue_drained.wait()
+                text = session.recv()
+                if text is None:
+                    break
+                try:
+                    self._dispatch(dnode.decode_message(text))
+                except ProtocolError as exc:
+                    log.warning("dropping message from %s: %s", session.remote_addr, exc)
+        except Exception:
+            log.exception("read loop of %s failed", session.remote_addr)
+        finally:
+            self.closed = True
+            session.close()
+            self._fail_pending()
+
+    def _dispatch(self, msg: dnode.Message) -> None:
+        if msg.callbacks:
+            dnode.unscrub(msg.arguments, msg.callbacks, self.make_proxy)
+        method = msg.method
+        if isinstance(method, str):
+            if self._workers < self._max_workers:
+                self._workers += 1
+                gevent.spawn(self._call_worker, msg)
+            else:
+                self._calls.append(msg)
+            return
+        pending = self._pending.pop(method, None)
+        if pending is not None:
+            _deliver_response(pending[0], msg.arguments)
+            return
+        fn = self.scrubber.get(method)
+        if fn is None:
+            return  # unknown callback ids are ignored (§2.5)
+        self._callbacks.append((fn, msg.arguments))
+        if not self._callback_worker_running:
+            self._callback_worker_running = True
+            gevent.spawn(self._callback_worker)
+
+    def _call_worker(self, msg: dnode.Message) -> None:
+        try:
+            while True:
+                try:
+                    self._on_call(self, msg.method, msg.arguments)  # type: ignore[arg-type]
+                except Exception:
+                    log.exception("call %r from %s failed", msg.method, self.session.remote_addr)
+                if not self._calls:
+                    break
+                msg = self._calls.popleft()
+                if len(self._calls) < MAX_QUEUED_CALLS // 2:
+                    self._queue_drained.set()
+        finally:
+            self._workers -= 1
+
+    def _callback_worker(self) -> None:
+        try:
+            while self._callbacks:
+                fn, arguments = self._callbacks.popleft()
+                try:
+                    fn(*arguments)
+                except Exception:
+                    log.exception("callback from %s failed", self.session.remote_addr)
+        finally:
+            self._callback_worker_running = False
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for result, _method in pending.values():
+            result.set_exception(DisconnectError(DISCONNECT_MESSAGE))
+
+
+def _deliver_response(result: AsyncResult, arguments: list) -> None:
+    """Resolve a call from its response arguments.
+
+    Go and kite.js servers send ``[{"error": ..., "result": ...}]``; a kite.js
+    *client* answering our call sends raw ``[error, result]`` or ``[null]``.
+    """
+    if len(arguments) == 1 and isinstance(arguments[0], dict):
+        response = arguments[0]
+        if "error" not in response and "result" not in response:
+            result.set_exception(InvalidResponseError("Server has sent invalid response arguments"))
+            return
+        error, value = response.get("error"), response.get("result")
+    elif arguments:
+        error = arguments[0]
+        value = arguments[1] if len(arguments) > 1 else None
+    else:
+        result.set_exception(InvalidResponseError("Invalid array length"))
+        return
+    if error is not None:
+        result.set_exception(from_wire(error))
+    else:
+        result.set(value)

@@ -1,0 +1,220 @@
+"""The dnode message layer, as pure code (no sockets, no greenlets, no clock).
+
+A message is ``{"method": ..., "arguments": [...], "callbacks": {...}}``
+(PROTOCOL.md §2). Functions inside ``arguments`` travel as the placeholder
+``"[Function]"`` plus a *path* in ``callbacks``; the receiver puts a callable
+proxy back at every path.
+
+* :class:`Scrubber` -- the sending side: allocates callback ids (per
+  connection, starting at 0, never reused) and keeps the local functions.
+* :func:`encode_message` / :func:`decode_message` -- JSON text <-> :class:`Message`.
+* :func:`unscrub` -- the receiving side: places proxies at callback paths.
+
+We emit Go-style paths (integer array indices) and accept both Go's and
+kite.js's (decimal-string indices); ``links`` is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+#: What a function looks like on the wire.
+FUNCTION_PLACEHOLDER = "[Function]"
+
+Path = list  # list[int | str]
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_decode = json.JSONDecoder().decode
+
+
+class Message(NamedTuple):
+    """A decoded dnode message.
+
+    ``method`` is a method name (``str``) or a callback id (``int``);
+    ``callbacks`` maps callback ids to their paths inside ``arguments``.
+    """
+
+    method: str | int
+    arguments: list
+    callbacks: dict[int, list]
+
+
+def _is_function(value: Any) -> bool:
+    return callable(value) and not isinstance(value, type)
+
+
+class Scrubber:
+    """Turns outgoing values into wire values and remembers the functions in them.
+
+    One scrubber belongs to one peer (it survives reconnects of a dialing
+    client, like Go's). Callback ids count up from 0 and are never reused.
+    """
+
+    __slots__ = ("_next_id", "callbacks")
+
+    def __init__(self) -> None:
+        self._next_id = 0
+        #: Local functions the peer may call, by callback id.
+        self.callbacks: dict[int, Callable[..., Any]] = {}
+
+    def allocate(self) -> int:
+        """A fresh callback id with no function stored (for ids tracked elsewhere)."""
+        cb_id = self._next_id
+        self._next_id = cb_id + 1
+        return cb_id
+
+    def register(self, fn: Callable[..., Any]) -> int:
+        """Store ``fn`` under a fresh callback id and return the id."""
+        cb_id = self.allocate()
+        self.callbacks[cb_id] = fn
+        return cb_id
+
+    def remove(self, cb_id: int) -> None:
+        """Forget a callback (e.g. a response callback that has fired)."""
+        self.callbacks.pop(cb_id, None)
+
+    def get(self, cb_id: int) -> Callable[..., Any] | None:
+        """The local function for ``cb_id``, or ``None`` if unknown."""
+        return self.callbacks.get(cb_id)
+
+    def scrub(self, value: Any, path: list, callbacks: dict[str, list]) -> Any:
+        """Return ``value`` with every function replaced by the placeholder.
+
+        Each function found is registered and its path (``path`` + the route
+        inside ``value``) is added to ``callbacks`` under the decimal id.
+        Containers without functions are returned as they are (not copied).
+        """
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        if isinstance(value, dict):
+            out = None
+            for key, item in value.items():
+                new = self.scrub(item, [*path, key], callbacks)
+                if new is not item:
+                    if out is None:
+                        out = dict(value)
+                    out[key] = new
+            return value if out is None else out
+        if isinstance(value, (list, tuple)):
+            out = None
+            for index, item in enumerate(value):
+                new = self.scrub(item, [*path, index], callbacks)
+                if new is not item:
+                    if out is None:
+                        out = list(value)
+                    out[index] = new
+            if out is not None:
+                return out
+            return value if isinstance(value, list) else list(value)
+        if _is_function(value):
+            callbacks[str(self.register(value))] = path
+            return FUNCTION_PLACEHOLDER
+        return value
+
+
+def encode_message(method: str | int, arguments: list, callbacks: dict[str, list]) -> str:
+    """Encode one dnode message as compact JSON, keys in Go's order.
+
+    Raises :class:`LocalProtocolError` if a value cannot be encoded as JSON.
+    """
+    try:
+        return _encoder.encode({"method": method, "arguments": arguments, "callbacks": callbacks})
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError(f"cannot encode dnode message: {exc}") from None
+
+
+def _parse_callback_id(key: Any) -> int:
+    if isinstance(key, str) and key.isdigit() and key.isascii():
+        return int(key)
+    raise RemoteProtocolError(f"callback id is not an unsigned integer: {key!r}")
+
+
+def decode_message(text: str | bytes) -> Message:
+    """Parse one dnode message. Anything malformed raises :class:`RemoteProtocolError`."""
+    try:
+        obj = _decode(text if isinstance(text, str) else text.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RemoteProtocolError(f"message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("message is not a JSON object")
+
+    method = obj.get("method")
+    if isinstance(method, bool) or not isinstance(method, (str, int, float)):
+        raise RemoteProtocolError("method is not string or integer")
+    if isinstance(method, float):
+        if not method.is_integer():
+            raise RemoteProtocolError("method is not string or integer")
+        method = int(method)
+    if isinstance(method, int) and method < 0:
+        raise RemoteProtocolError("callback id is negative")
+
+    arguments = obj.get("arguments")
+    if arguments is None:
+        arguments = []
+    elif not isinstance(arguments, list):
+        raise RemoteProtocolError("arguments is not an array")
+
+    raw_callbacks = obj.get("callbacks")
+    callbacks: dict[int, list] = {}
+    if raw_callbacks is not None:
+        if not isinstance(raw_callbacks, dict):
+            raise RemoteProtocolError("callbacks is not an object")
+        for key, path in raw_callbacks.items():
+            if not isinstance(path, list) or not all(
+                isinstance(p, (str, int)) and not isinstance(p, bool) for p in path
+            ):
+                raise RemoteProtocolError(f"callback path is not an array of keys: {path!r}")
+            callbacks[_parse_callback_id(key)] = path
+    return Message(method, arguments, callbacks)
+
+
+def unscrub(arguments: list, callbacks: dict[int, list], make_proxy: Callable[[int], Any]) -> None:
+    """Put ``make_proxy(id)`` at every callback path inside ``arguments`` (in place).
+
+    Array indices may be integers or decimal strings. A path through a missing
+    key, out of range, or into a scalar is skipped silently, as is an empty path.
+    """
+    for cb_id, path in callbacks.items():
+        if not path:
+            continue
+        container: Any = arguments
+        for step in path[:-1]:
+            container = _step(container, step)
+            if container is None:
+                break
+        else:
+            _place(container, path[-1], make_proxy, cb_id)
+
+
+def _index(container: list, step: Any) -> int | None:
+    if isinstance(step, str):
+        if not (step.isdigit() and step.isascii()):
+            return None
+        step = int(step)
+    if 0 <= step < len(container):
+        return step
+    return None
+
+
+def _step(container: Any, step: Any) -> Any:
+    if isinstance(container, list):
+        index = _index(container, step)
+        return None if index is None else container[index]
+    if isinstance(container, dict):
+        return container.get(step if isinstance(step, str) else str(step))
+    return None
+
+
+def _place(container: Any, step: Any, make_proxy: Callable[[int], Any], cb_id: int) -> None:
+    if isinstance(container, list):
+        index = _index(container, step)
+        if index is not None:
+            container[index] = make_proxy(cb_id)
+    elif isinstance(container, dict):
+        key = step if isinstance(step, str) else str(step)
+        if key in container:
+            container[key] = make_proxy(cb_id)

@@ -1,0 +1,365 @@
+"""``Kite``: a named service that serves methods and dials other kites.
+
+A kite is a WSGI application: SockJS under ``/kite`` and anything else through
+its Flask app (``kite.app``), so it runs standalone with :meth:`Kite.run`, inside
+any WSGI stack, or under gunicorn with a gevent worker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from flask import Flask
+from gevent.event import Event
+
+from . import handlers as builtin_handlers
+from .client import Client
+from .config import Config
+from .connection import Connection
+from .errors import (
+    AuthenticationError,
+    GenericError,
+    KiteError,
+    LocalProtocolError,
+    MethodNotFoundError,
+    SendError,
+    to_kite_error,
+)
+from .log import new_logger, setup_signal_handler
+from .method import RETURN_METHOD, Handler, HandlerFunc, Method, as_handler
+from .protocol import Auth, KiteIdentity, validate_name_version
+from .request import Request
+
+#: Path prefix of the SockJS endpoint, as in Go kites.
+SOCKJS_PREFIX = "/kite"
+
+Authenticator = Callable[[Request], None]
+
+
+class Kite:
+    """A kite: RPC server and client at once.
+
+    >>> k = Kite("math", "1.0.0")
+    >>> k.handle_func("square", lambda r: r.args.one().must_float64() ** 2)  # doctest: +ELLIPSIS
+    <Method square ...>
+    """
+
+    def __init__(self, name: str, version: str, config: Config | None = None):
+        validate_name_version(name, version)
+        self.name = name
+        self.version = version
+        self.config = config if config is not None else Config()
+        self.id = str(uuid.uuid4())
+        self.hostname = socket.gethostname()
+        self.log = new_logger(name)
+        #: How a method's result is chosen, captured by each method at registration.
+        self.method_handling = RETURN_METHOD
+        #: Authenticators by ``authentication.type``.
+        self.authenticators: dict[str, Authenticator] = {}
+        self._methods: dict[str, Method] = {}
+        self._pre_handlers: list[Handler] = []
+        self._post_handlers: list[Handler] = []
+        self._on_connect: list[Callable[[Client], Any]] = []
+        self._on_disconnect: list[Callable[[Client], Any]] = []
+        self._on_first_request: list[Callable[[Client], Any]] = []
+        self._clients: set[Client] = set()
+        self._ready = Event()
+        self._closed = Event()
+        self._server = None
+        self._ssl_context: ssl.SSLContext | None = None
+        self._heartbeat: gevent.Greenlet | None = None
+        self.app = Flask(f"kite.{name}")
+        self._sockjs = None
+        builtin_handlers.register(self)
+
+    def __repr__(self) -> str:
+        return f"<Kite {self.name} {self.version} {self.id}>"
+
+    # -- identity ----------------------------------------------------------
+
+    def kite(self) -> KiteIdentity:
+        """This kite's seven-field identity."""
+        c = self.config
+        return KiteIdentity(
+            name=self.name,
+            username=c.username,
+            id=self.id,
+            environment=c.environment,
+            region=c.region,
+            version=self.version,
+            hostname=self.hostname,
+        )
+
+    def identity_wire(self) -> dict[str, str]:
+        """The identity as sent in every call's ``kite`` field."""
+        c = self.config
+        return {
+            "name": self.name,
+            "username": c.username,
+            "id": self.id,
+            "environment": c.environment,
+            "region": c.region,
+            "version": self.version,
+            "hostname": self.hostname,
+        }
+
+    # -- methods -----------------------------------------------------------
+
+    def handle(self, name: str, handler: Handler) -> Method:
+        """Serve ``name`` with an object that has ``serve_kite(request)``."""
+        method = Method(
+            name, as_handler(handler), not self.config.disable_authentication, self.method_handling
+        )
+        self._methods[name] = method
+        return method
+
+    def handle_func(self, name: str, fn: Callable[[Request], Any]) -> Method:
+        """Serve ``name`` with ``fn(request) -> result``; returns the :class:`Method` for chaining."""
+        return self.handle(name, HandlerFunc(fn))
+
+    def method(self, name: str | None = None, *, auth: bool | None = None) -> Callable:
+        """Decorator form of :meth:`handle_func`: ``@k.method("square", auth=False)``."""
+
+        def register(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
+            m = self.handle_func(name or fn.__name__, fn)
+            if auth is not None:
+                m.auth_required = auth
+            return fn
+
+        return register
+
+    def pre_handle(self, handler: Handler) -> None:
+        """Run ``handler`` before every method's handler (after the method's own pre-handlers)."""
+        self._pre_handlers.append(as_handler(handler))
+
+    def pre_handle_func(self, fn: Callable[[Request], Any]) -> None:
+        self.pre_handle(HandlerFunc(fn))
+
+    def post_handle(self, handler: Handler) -> None:
+        """Run ``handler`` after every method's handler (after the method's own post-handlers)."""
+        self._post_handlers.append(as_handler(handler))
+
+    def post_handle_func(self, fn: Callable[[Request], Any]) -> None:
+        self.post_handle(HandlerFunc(fn))
+
+    def on_connect(self, fn: Callable[[Client], Any]) -> Callable[[Client], Any]:
+        """Run ``fn(client)`` for every new incoming session."""
+        self._on_connect.append(fn)
+        return fn
+
+    def on_disconnect(self, fn: Callable[[Client], Any]) -> Callable[[Client], Any]:
+        """Run ``fn(client)`` when an incoming session ends."""
+        self._on_disconnect.append(fn)
+        return fn
+
+    def on_first_request(self, fn: Callable[[Client], Any]) -> Callable[[Client], Any]:
+        """Run ``fn(client)`` at the first call of an incoming session (the peer's identity is known)."""
+        self._on_first_request.append(fn)
+        return fn
+
+    # -- clients -----------------------------------------------------------
+
+    def new_client(self, url: str, transport: str | None = None) -> Client:
+        """A client for the kite at ``url`` (``http(s)://host:port/kite`` or ``ws(s)://…/kite/websocket``)."""
+        return Client(self, url, transport=transport)
+
+    # -- serving calls -----------------------------------------------------
+
+    def _handle_call_for(self, client: Client) -> Callable[[Connection, str, list], None]:
+        def handle(conn: Connection, method_name: str, arguments: list) -> None:
+            self._handle_call(client, method_name, arguments)
+
+        return handle
+
+    def _handle_call(self, client: Client, method_name: str, arguments: list) -> None:
+        options = arguments[0] if arguments and isinstance(arguments[0], dict) else None
+        respond = options.get("responseCallback") if options is not None else None
+        if not callable(respond):
+            respond = None
+        method = self._methods.get(method_name)
+        if method is None:
+            _reply(respond, MethodNotFoundError(f"Method not found: {method_name}"), None)
+            return
+        if options is None or len(arguments) != 1:
+            _reply(respond, GenericError("invalid call: arguments must be one options object"), None)
+            return
+        if not client._dialed and not client._first_request_done:
+            client._first_request_done = True
+            client.kite = KiteIdentity.from_wire(options.get("kite"))
+            for fn in self._on_first_request:
+                client._run_handler(fn)
+        auth = options.get("authentication")
+        request = Request(
+            method_name,
+            options.get("withArgs"),
+            self,
+            client,
+            username="" if client._dialed else client.kite.username,
+            auth=Auth(str(auth.get("type", "")), str(auth.get("key", ""))) if isinstance(auth, dict) else None,
+        )
+        try:
+            if method.auth_required and not client._dialed:
+                self._authenticate(request)
+            result = method.serve(request, self._pre_handlers, self._post_handlers)
+        except Exception as exc:
+            if not isinstance(exc, KiteError):
+                self.log.debug("method %s failed: %r", method_name, exc)
+            _reply(respond, to_kite_error(exc), None)
+            return
+        _reply(respond, None, result)
+
+    def _authenticate(self, request: Request) -> None:
+        """Check the request's credentials with the authenticator for their type (§5.2)."""
+        auth = request.auth
+        if auth is None:
+            raise AuthenticationError("No authentication information is provided")
+        authenticator = self.authenticators.get(auth.type)
+        if authenticator is None:
+            raise AuthenticationError(f"Unknown authentication type: {auth.type}")
+        try:
+            authenticator(request)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, KiteError) else str(exc)
+            raise AuthenticationError(f"{auth.type}: {reason}") from None
+        request.client.kite.username = request.username
+
+    # -- WSGI and serving --------------------------------------------------
+
+    @property
+    def sockjs(self):
+        """The SockJS WSGI app serving ``/kite``."""
+        if self._sockjs is None:
+            from .sockjs.server import SockJSServer
+
+            c = self.config
+            self._sockjs = SockJSServer(
+                prefix=SOCKJS_PREFIX,
+                on_session=self._serve_session,
+                heartbeat_interval=c.heartbeat_interval,
+                disconnect_delay=c.disconnect_delay,
+                max_message_size=c.max_message_size,
+            )
+        return self._sockjs
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        """WSGI entry point: SockJS under ``/kite``, the Flask app elsewhere."""
+        path = environ.get("PATH_INFO", "")
+        if path == SOCKJS_PREFIX or path.startswith(SOCKJS_PREFIX + "/"):
+            return self.sockjs(environ, start_response)
+        return self.app(environ, start_response)
+
+    def _serve_session(self, session) -> None:
+        client = Client(self)
+        self._clients.add(client)
+        try:
+            for fn in self._on_connect:
+                client._run_handler(fn)
+            client.serve(session)
+        finally:
+            self._clients.discard(client)
+            for fn in self._on_disconnect:
+                client._run_handler(fn)
+
+    def handle_http(self, pattern: str, view: Callable, methods: list[str] | None = None) -> None:
+        """Serve ``view`` (a Flask view function) at ``pattern`` next to ``/kite``."""
+        self.app.add_url_rule(pattern, endpoint=f"{pattern}:{id(view)}", view_func=view, methods=methods)
+
+    handle_http_func = handle_http
+
+    def use_tls(self, cert_pem: str, key_pem: str) -> None:
+        """Serve HTTPS/WSS with a certificate and key given as PEM text."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            cert_file, key_file = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+            with open(cert_file, "w") as f:
+                f.write(cert_pem)
+            with open(key_file, "w") as f:
+                f.write(key_pem)
+            self.use_tls_file(cert_file, key_file)
+
+    def use_tls_file(self, cert_file: str, key_file: str) -> None:
+        """Serve HTTPS/WSS with a certificate and key from files."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_file, key_file)
+        context.set_alpn_protocols(["http/1.1"])
+        self._ssl_context = context
+
+    def run(self) -> None:
+        """Serve until :meth:`close` (blocking). ``KITE_VERSION`` set: print the version and return."""
+        from .server import make_server
+
+        if os.environ.get("KITE_VERSION"):
+            print(self.version)
+            return
+        self._server = make_server(self, self.config.ip, self.config.port, ssl_context=self._ssl_context)
+        self._server.start()
+        self.log.info("serving %s %s on %s", self.name, self.version, self.url)
+        self._ready.set()
+        try:
+            self._closed.wait()
+        finally:
+            self._closed.set()
+
+    def server_ready_notify(self) -> Event:
+        """An event set once :meth:`run` listens (``port`` is then the bound port)."""
+        return self._ready
+
+    def server_close_notify(self) -> Event:
+        """An event set once the kite is closed."""
+        return self._closed
+
+    @property
+    def port(self) -> int:
+        """The bound port while serving, else the configured one."""
+        if self._server is not None:
+            return self._server.server_port
+        return self.config.port
+
+    @property
+    def addr(self) -> str:
+        """``host:port`` the kite listens on."""
+        host = self.config.ip
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The SockJS base URL of this kite (``http(s)://addr/kite``)."""
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self.addr}{SOCKJS_PREFIX}"
+
+    def close(self) -> None:
+        """Stop serving and close every incoming session."""
+        if self._server is not None:
+            self._server.stop(timeout=1)
+        for client in list(self._clients):
+            client.close()
+        if self._heartbeat is not None:
+            self._heartbeat.kill(block=False)
+        self._closed.set()
+
+    def set_log_level(self, level: int | str) -> None:
+        """Set this kite's log level (``"DEBUG"``, ``logging.INFO``, ...)."""
+        self.log.setLevel(level.upper() if isinstance(level, str) else level)
+
+    def setup_signal_handler(self) -> None:
+        """Toggle DEBUG logging on SIGUSR2, like Go kites."""
+        setup_signal_handler(self.log)
+
+
+def _reply(respond: Callable[..., None] | None, error: KiteError | None, result: Any) -> None:
+    if respond is None:
+        return
+    response = {"error": None if error is None else error.to_wire(), "result": result}
+    try:
+        respond(response)
+    except LocalProtocolError as exc:
+        respond({"error": GenericError(f"cannot encode result: {exc}").to_wire(), "result": None})
+    except SendError:
+        pass  # the caller has gone; nothing to tell
