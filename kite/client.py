@@ -68,6 +68,8 @@ class Client:
         self.transport = normalize_transport(transport or local_kite.config.transport)
         #: Seconds bounding each dial; ``None`` for no bound.
         self.dial_timeout_seconds = local_kite.config.dial_timeout
+        #: TLS certificate check for ``https``/``wss``: ``True`` (system CAs), a CA bundle path, or ``False``.
+        self.verify: bool | str = True
         self._scrubber = dnode.Scrubber()
         self._conn: Connection | None = None
         self._dialed = True
@@ -135,7 +137,7 @@ class Client:
         if not self.url:
             raise ValueError("client has no URL to dial")
         self._closed = False
-        session = dial_session(self.url, transport=self.transport, timeout=timeout)
+        session = dial_session(self.url, transport=self.transport, timeout=timeout, verify=self.verify)
         self._attach(session)
 
     def dial_forever(self) -> Event:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import ssl
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -228,8 +229,17 @@ class _WebSocketClientSession(_ClientSession):
 class _XhrClientSession(_ClientSession):
     """XHR polling or streaming: a receiver greenlet feeds an inbox; sends are ``xhr_send`` POSTs."""
 
-    def __init__(self, session_url: str, query: str, streaming: bool, timeout: float | None, headers: dict[str, str]):
+    def __init__(
+        self,
+        session_url: str,
+        query: str,
+        streaming: bool,
+        timeout: float | None,
+        headers: dict[str, str],
+        verify: bool | str = True,
+    ):
         self._session_url = session_url
+        self._verify = verify
         self._query = f"?{query}" if query else ""
         self._streaming = streaming
         self._timeout = timeout
@@ -248,6 +258,7 @@ class _XhrClientSession(_ClientSession):
             headers=self._headers,
             timeout=(self._timeout, read_timeout),
             stream=stream,
+            verify=self._verify,
         )
 
     # -- opening ------------------------------------------------------------------------
@@ -370,22 +381,38 @@ def _ws_urls(url: str) -> tuple[str, str]:
     return ws_url, f"{scheme}://{hostport}"
 
 
-def _dial_websocket(url: str, sockjs: bool, timeout: float | None, headers: dict[str, str]) -> Session:
+def tls_context(verify: bool | str) -> ssl.SSLContext:
+    """A client TLS context: ``True`` system CAs, ``False`` no verification, a path: that CA bundle."""
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+
+
+def _dial_websocket(
+    url: str, sockjs: bool, timeout: float | None, headers: dict[str, str], verify: bool | str = True
+) -> Session:
     if sockjs:
         ws_url, origin = _ws_urls(url)
         if not any(name.lower() == "origin" for name in headers):
             headers = {"Origin": origin, **headers}
     else:
         ws_url = url
-    ws = websocket.connect(ws_url, headers=headers, timeout=timeout)
+    secure = urlsplit(ws_url).scheme.lower() == "wss"
+    context = tls_context(verify) if secure and verify is not True else None
+    ws = websocket.connect(ws_url, headers=headers, timeout=timeout, ssl_context=context)
     return _WebSocketClientSession(ws, sockjs=sockjs)
 
 
-def _dial_xhr(url: str, streaming: bool, timeout: float | None, headers: dict[str, str]) -> Session:
+def _dial_xhr(
+    url: str, streaming: bool, timeout: float | None, headers: dict[str, str], verify: bool | str = True
+) -> Session:
     parts = urlsplit(url)
     session_path = f"{parts.path.rstrip('/')}/{random.randint(100, 999)}/{secrets.token_hex(10)}"
     session_url = urlunsplit((parts.scheme, parts.netloc, session_path, "", ""))
-    session = _XhrClientSession(session_url, parts.query, streaming, timeout, headers)
+    session = _XhrClientSession(session_url, parts.query, streaming, timeout, headers, verify)
     try:
         with gevent.Timeout(timeout, TimeoutError(f"opening {session_url} timed out after {timeout} s")):
             session.open()
@@ -400,6 +427,7 @@ def dial(
     transport: str = "websocket",
     timeout: float | None = None,
     headers: Mapping[str, str] | None = None,
+    verify: bool | str = True,
 ) -> Session:
     """Connect to the kite at ``url`` and return the open :class:`~kite.session.Session`.
 
@@ -408,6 +436,8 @@ def dial(
     ``"websocket"`` (default), ``"xhr_polling"`` (alias ``"xhr"``),
     ``"xhr_streaming"`` or ``"auto"``. ``timeout`` (seconds) bounds connecting
     and the handshake. ``headers`` are added to the handshake / HTTP requests.
+    ``verify`` checks ``https``/``wss`` certificates as ``requests`` does: ``True``
+    against the system CAs, a path against that CA bundle, ``False`` not at all.
 
     Raises :class:`DialError` (a :class:`ConnectionError`;
     :class:`DialTimeoutError` on timeout) naming the URL.
@@ -420,20 +450,20 @@ def dial(
     scheme = urlsplit(url).scheme.lower()
     try:
         if scheme in ("ws", "wss"):
-            return _dial_websocket(url, False, timeout, extra)
+            return _dial_websocket(url, False, timeout, extra, verify)
         if scheme not in ("http", "https"):
             raise DialError(f"invalid scheme in url {url!r}", url)
         if kind == "websocket":
-            return _dial_websocket(url, True, timeout, extra)
+            return _dial_websocket(url, True, timeout, extra, verify)
         if kind == "auto":
             try:
-                return _dial_websocket(url, True, timeout, extra)
+                return _dial_websocket(url, True, timeout, extra, verify)
             except websocket.HandshakeError as exc:
                 if exc.status_code is None or exc.status_code == 101:
                     raise
                 log.info("WebSocket to %s refused (HTTP %s); falling back to XHR polling", url, exc.status_code)
             kind = "xhr_polling"
-        return _dial_xhr(url, kind == "xhr_streaming", timeout, extra)
+        return _dial_xhr(url, kind == "xhr_streaming", timeout, extra, verify)
     except DialError:
         raise
     except TimeoutError as exc:
