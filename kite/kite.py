@@ -334,12 +334,18 @@ class Kite:
         scheme = "https" if self._ssl_context else "http"
         return f"{scheme}://{self.addr}{SOCKJS_PREFIX}"
 
-    def close(self) -> None:
-        """Stop serving and close every incoming session."""
-        if self._server is not None:
-            self._server.stop(timeout=1)
+    def close_sessions(self) -> None:
+        """Close every incoming session (the peers see ``c[3000,"Go away!"]``)."""
         for client in list(self._clients):
             client.close()
+        if self._sockjs is not None:
+            self._sockjs.close()
+
+    def close(self) -> None:
+        """Stop serving and close every incoming session."""
+        self.close_sessions()
+        if self._server is not None:
+            self._server.stop(timeout=1)
         if self._heartbeat is not None:
             self._heartbeat.kill(block=False)
         self._closed.set()

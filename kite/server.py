@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import gevent
 from gevent import ssl as gssl
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
@@ -89,3 +90,21 @@ if GeventWebSocketWorker is not None:
         """gunicorn worker: gevent's pywsgi with :class:`KiteWebSocketHandler`."""
 
         wsgi_handler = KiteWebSocketHandler
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            gevent.spawn(self._close_sessions)
+
+        def handle_quit(self, sig: int, frame: Any) -> None:
+            super().handle_quit(sig, frame)
+            gevent.spawn(self._close_sessions)
+
+        def _close_sessions(self) -> None:
+            """On shutdown, end open kite sessions (``c[3000,"Go away!"]``) instead of waiting
+            the whole graceful timeout for websockets and pending polls."""
+            close = getattr(self.wsgi, "close_sessions", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing sessions on shutdown failed")
