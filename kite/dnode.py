@@ -27,6 +27,9 @@ FUNCTION_PLACEHOLDER = "[Function]"
 
 Path = list  # list[int | str]
 
+#: Go prints floats from 1e21 up in exponent form; below that, whole floats as integers.
+_GO_EXPONENT_FROM = 1e21
+
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _decode = json.JSONDecoder().decode
 
@@ -85,10 +88,17 @@ class Scrubber:
         """Return ``value`` with every function replaced by the placeholder.
 
         Each function found is registered and its path (``path`` + the route
-        inside ``value``) is added to ``callbacks`` under the decimal id.
-        Containers without functions are returned as they are (not copied).
+        inside ``value``) is added to ``callbacks`` under the decimal id. Whole
+        floats become integers, as Go writes them. Containers with nothing to
+        change are returned as they are (not copied).
         """
-        if isinstance(value, (str, int, float, bool)) or value is None:
+        if type(value) is float:
+            # Go encodes a whole float64 without a fraction (49, not 49.0), and Go
+            # peers cannot decode 49.0 into an int: write whole floats as integers.
+            if value.is_integer() and -_GO_EXPONENT_FROM < value < _GO_EXPONENT_FROM:
+                return int(value)
+            return value
+        if isinstance(value, (str, int, bool)) or value is None:
             return value
         if isinstance(value, dict):
             out = None

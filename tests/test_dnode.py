@@ -105,3 +105,13 @@ def test_unscrub_go_int_paths():
     args = [{"withArgs": [10, "[Function]"]}]
     dnode.unscrub(args, {6: [0, "withArgs", 1]}, lambda i: f"cb{i}")
     assert args == [{"withArgs": [10, "cb6"]}]
+
+
+def test_whole_floats_are_written_like_go():
+    s = dnode.Scrubber()
+    value = [49.0, 2.5, {"x": -0.0, "big": 1e21, "n": 7}, True]
+    out = s.scrub(value, [], {})
+    assert out == [49, 2.5, {"x": 0, "big": 1e21, "n": 7}, True]
+    assert type(out[0]) is int and type(out[2]["big"]) is float and out[3] is True
+    text = dnode.encode_message(0, s.scrub([{"error": None, "result": 49.0}], [], {}), {})
+    assert text == '{"method":0,"arguments":[{"error":null,"result":49}],"callbacks":{}}'

@@ -271,3 +271,9 @@ def test_serial_processing_when_concurrency_disabled(math):
     rs = [c.go("slow", i) for i in range(3)]
     [r.get(timeout=2) for r in rs]
     assert order == [0, 1, 2]
+
+
+def test_dnode_methods_and_cull_are_unknown_methods(client):
+    for name in ("methods", "cull"):
+        with pytest.raises(MethodNotFoundError, match=f"Method not found: {name}"):
+            client.tell(name)
