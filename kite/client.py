@@ -166,14 +166,14 @@ class Client:
                 log.debug("dial %s failed (%s); retrying in %.1fs", self.url, exc, delay)
                 gevent.sleep(delay)
 
-    def _attach(self, session: Session) -> None:
-        conn = Connection(
-            session,
-            self._scrubber,
-            self.local_kite._handle_call_for(self),
-            self.local_kite.config.max_concurrent_calls if self.concurrent else 1,
-        )
+    def _new_connection(self, session: Session) -> Connection:
+        concurrency = self.local_kite.config.max_concurrent_calls if self.concurrent else 1
+        conn = Connection(session, self._scrubber, self.local_kite._handle_call_for(self), concurrency)
         self._conn = conn
+        return conn
+
+    def _attach(self, session: Session) -> None:
+        conn = self._new_connection(session)
         gevent.spawn(self._read, conn)
         self._connected_once.set()
         self._run_handlers(self._on_connect, background=True)
@@ -187,13 +187,7 @@ class Client:
     def serve(self, session: Session) -> None:
         """Serve an incoming session in the calling greenlet until it ends (used by the kite)."""
         self._dialed = False
-        conn = Connection(
-            session,
-            self._scrubber,
-            self.local_kite._handle_call_for(self),
-            self.local_kite.config.max_concurrent_calls if self.concurrent else 1,
-        )
-        self._conn = conn
+        conn = self._new_connection(session)
         conn.run()
         self._disconnected(conn)
 
