@@ -21,7 +21,7 @@ from typing import Any
 import gevent
 from gevent.event import AsyncResult, Event
 
-from . import dnode
+from . import dnode, workers
 from .errors import (
     DisconnectError,
     InvalidResponseError,
@@ -155,7 +155,7 @@ class Connection:
         if isinstance(method, str):
             if self._workers < self._max_workers:
                 self._workers += 1
-                gevent.spawn(self._call_worker, msg)
+                workers.submit(self._call_worker, msg)
             else:
                 self._calls.append(msg)
             return

@@ -203,7 +203,11 @@ class WebSocket:
                 raise WebSocketClosed(f"WebSocket to {self.remote_addr or '?'} is closed")
             data = b"".join([self._conn.send(event) for event in events])
             try:
-                self._sock.sendall(data)
+                # One send() usually takes the whole frame; sendall() would first ask
+                # the kernel for SO_SNDBUF (an extra syscall per frame in gevent).
+                sent = self._sock.send(data)
+                if sent < len(data):
+                    self._sock.sendall(memoryview(data)[sent:])
             except (OSError, ValueError) as exc:
                 self._teardown()
                 raise WebSocketClosed(f"WebSocket to {self.remote_addr or '?'} broke: {exc}") from exc
