@@ -16,10 +16,11 @@ kite.js's (decimal-string indices); ``links`` is ignored.
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from . import jsoncodec
 from .errors import LocalProtocolError, RemoteProtocolError
 
 #: What a function looks like on the wire.
@@ -30,8 +31,6 @@ Path = list  # list[int | str]
 #: Go prints floats from 1e21 up in exponent form; below that, whole floats as integers.
 _GO_EXPONENT_FROM = 1e21
 
-_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_decode = json.JSONDecoder().decode
 
 
 class Message(NamedTuple):
@@ -97,6 +96,8 @@ class Scrubber:
             # peers cannot decode 49.0 into an int: write whole floats as integers.
             if value.is_integer() and -_GO_EXPONENT_FROM < value < _GO_EXPONENT_FROM:
                 return int(value)
+            if not math.isfinite(value):
+                raise LocalProtocolError(f"cannot send {value} as JSON")
             return value
         if isinstance(value, (str, int, bool)) or value is None:
             return value
@@ -132,7 +133,7 @@ def encode_message(method: str | int, arguments: list, callbacks: dict[str, list
     Raises :class:`LocalProtocolError` if a value cannot be encoded as JSON.
     """
     try:
-        return _encoder.encode({"method": method, "arguments": arguments, "callbacks": callbacks})
+        return jsoncodec.dumps({"method": method, "arguments": arguments, "callbacks": callbacks})
     except (TypeError, ValueError) as exc:
         raise LocalProtocolError(f"cannot encode dnode message: {exc}") from None
 
@@ -146,8 +147,8 @@ def _parse_callback_id(key: Any) -> int:
 def decode_message(text: str | bytes) -> Message:
     """Parse one dnode message. Anything malformed raises :class:`RemoteProtocolError`."""
     try:
-        obj = _decode(text if isinstance(text, str) else text.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        obj = jsoncodec.loads(text)
+    except jsoncodec.DECODE_ERRORS as exc:
         raise RemoteProtocolError(f"message is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError("message is not a JSON object")

@@ -1,11 +1,12 @@
-"""RFC 6455 WebSocket connections: wsproto frames on gevent sockets, both sides.
+"""RFC 6455 WebSocket connections on gevent sockets, both sides.
 
 gevent-websocket does the server's HTTP upgrade handshake (its handler is the
 ``handler_class`` of our WSGI server and of the gunicorn worker), but its frame
 code mangles close codes, accepts unmasked client frames and has no size cap.
 So once the handshake is done, :meth:`WebSocket.from_environ` takes the
-connection over and drives it with :mod:`wsproto`. On the dialing side,
-:func:`connect` does the handshake with wsproto too.
+connection over and drives it with our own frame codec (:mod:`kite.wsframes`,
+pure code, several times faster per frame than wsproto's generic one). On the
+dialing side, :func:`connect` does the HTTP handshake itself.
 
 Only gevent's own ``socket`` and ``ssl`` modules are used, so everything here is
 cooperative in a process that never called ``monkey.patch_all()``.
@@ -13,10 +14,13 @@ cooperative in a process that never called ``monkey.patch_all()``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import os
 import socket as _socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,21 +29,20 @@ from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.event import Event
 from gevent.lock import Semaphore
-from wsproto import WSConnection
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    Pong,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
+
+from . import wsframes
+from .wsframes import (
+    CLOSE_ABNORMAL,
+    CLOSE_INVALID_DATA,
+    CLOSE_NO_STATUS,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    FrameDecoder,
+    FrameError,
+    encode_close,
+    encode_frame,
 )
-from wsproto.utilities import LocalProtocolError as _WsLocalError
-from wsproto.utilities import RemoteProtocolError as _WsRemoteError
 
 log = logging.getLogger("kite.websocket")
 
@@ -55,13 +58,25 @@ CLOSE_TIMEOUT = 2.0
 #: Cap on a rejected handshake's response body we keep for the error message.
 MAX_REJECT_BODY = 64 * 1024
 
-# RFC 6455 §7.4.1 close codes we use.
-CLOSE_NORMAL = 1000
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_NO_STATUS = 1005
-CLOSE_ABNORMAL = 1006
-CLOSE_INVALID_DATA = 1007
-CLOSE_TOO_BIG = 1009
+#: Largest HTTP head we accept in a handshake response.
+MAX_HANDSHAKE_HEAD = 64 * 1024
+#: RFC 6455 §1.3: appended to the key before hashing it into Sec-WebSocket-Accept.
+_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+__all__ = [
+    "CLOSE_ABNORMAL",
+    "CLOSE_INVALID_DATA",
+    "CLOSE_NO_STATUS",
+    "CLOSE_NORMAL",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_TOO_BIG",
+    "HandshakeError",
+    "MAX_MESSAGE_SIZE",
+    "WebSocket",
+    "WebSocketClosed",
+    "connect",
+    "set_nodelay",
+]
 
 
 class WebSocketClosed(ConnectionError):
@@ -111,18 +126,19 @@ class WebSocket:
     def __init__(
         self,
         sock: Any,
-        connection: Connection,
+        client: bool,
         *,
-        reader: Callable[[int], bytes] | None = None,
+        reader: Any = None,
         owns_socket: bool = True,
         max_message_size: int = MAX_MESSAGE_SIZE,
         remote_addr: str = "",
+        received: bytes = b"",
     ):
         self._sock = sock
-        self._conn = connection
+        self._client = client
         self._read = reader if reader is not None else sock.recv
         self._owns_socket = owns_socket
-        self.max_message_size = max_message_size
+        self._decoder = FrameDecoder(masked=not client, max_message_size=max_message_size)
         #: ``"host:port"`` of the peer, for logs.
         self.remote_addr = remote_addr
         #: Close code/reason: the peer's (or ours when we closed first); 1006 when TCP just ended.
@@ -130,12 +146,23 @@ class WebSocket:
         self.close_reason: str = ""
         self._send_lock = Semaphore()
         self._recv_lock = Semaphore()
-        self._parts: list[Any] = []
-        self._size = 0
+        self._events: list[tuple] = []  # decoded, not yet handled
+        self._received = received  # bytes that came with the handshake
+        self._close_sent = False
+        self._close_received = False
         self._read_done = False  # no more messages will be returned
         self._failed = False  # we failed the connection; incoming bytes are garbage
         self._closer: gevent.Greenlet | None = None
         self._torn_down = Event()
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest message accepted from the peer, in bytes."""
+        return self._decoder.max_message_size
+
+    @max_message_size.setter
+    def max_message_size(self, value: int) -> None:
+        self._decoder.max_message_size = value
 
     # -- construction ---------------------------------------------------------------
 
@@ -165,7 +192,7 @@ class WebSocket:
         port = environ.get("REMOTE_PORT", "")
         return cls(
             sock,
-            Connection(ConnectionType.SERVER),
+            client=False,
             reader=rfile.read1,
             owns_socket=False,
             max_message_size=max_message_size,
@@ -177,7 +204,7 @@ class WebSocket:
     @property
     def closed(self) -> bool:
         """True once closing has begun from either side (no more sends possible)."""
-        return self._conn.state is not ConnectionState.OPEN or self._torn_down.is_set()
+        return self._close_sent or self._close_received or self._torn_down.is_set()
 
     def wait_closed(self, timeout: float | None = CLOSE_TIMEOUT) -> bool:
         """Block until the TCP connection is released; True if it was within ``timeout``."""
@@ -187,44 +214,45 @@ class WebSocket:
 
     def send_text(self, text: str) -> None:
         """Send one text message. Raises :class:`WebSocketClosed` once closing has begun."""
-        self._send_events((TextMessage(data=text),))
+        self._send(encode_frame(wsframes.OP_TEXT, text.encode("utf-8"), self._client))
 
     def send_texts(self, texts: Iterable[str]) -> None:
         """Send several text messages, one frame each, in a single socket write."""
-        self._send_events([TextMessage(data=text) for text in texts])
+        mask = self._client
+        self._send(b"".join([encode_frame(wsframes.OP_TEXT, t.encode("utf-8"), mask) for t in texts]))
 
     def ping(self, payload: bytes = b"") -> None:
         """Send a ping (at most 125 bytes of payload); the peer's pong is ignored."""
-        self._send_events((Ping(payload=payload),))
+        self._send(encode_frame(wsframes.OP_PING, payload[: wsframes.MAX_CONTROL_PAYLOAD], self._client))
 
-    def _send_events(self, events: Iterable[Any]) -> None:
+    def _send(self, data: bytes) -> None:
         with self._send_lock:
-            if self._conn.state is not ConnectionState.OPEN or self._torn_down.is_set():
+            if self.closed:
                 raise WebSocketClosed(f"WebSocket to {self.remote_addr or '?'} is closed")
-            data = b"".join([self._conn.send(event) for event in events])
-            try:
-                # One send() usually takes the whole frame; sendall() would first ask
-                # the kernel for SO_SNDBUF (an extra syscall per frame in gevent).
-                sent = self._sock.send(data)
-                if sent < len(data):
-                    self._sock.sendall(memoryview(data)[sent:])
-            except (OSError, ValueError) as exc:
-                self._teardown()
-                raise WebSocketClosed(f"WebSocket to {self.remote_addr or '?'} broke: {exc}") from exc
+            self._write(data)
 
-    def _send_close(self, code: int, reason: str = "") -> None:
-        """Send our close frame if the state allows it; never raises."""
+    def _write(self, data: bytes) -> None:
+        """Write bytes with the send lock held; a broken socket tears the connection down."""
+        try:
+            # One send() usually takes the whole frame; sendall() would first ask
+            # the kernel for SO_SNDBUF (an extra syscall per frame in gevent).
+            sent = self._sock.send(data)
+            if sent < len(data):
+                self._sock.sendall(memoryview(data)[sent:])
+        except (OSError, ValueError) as exc:
+            self._teardown()
+            raise WebSocketClosed(f"WebSocket to {self.remote_addr or '?'} broke: {exc}") from exc
+
+    def _send_close(self, code: int | None, reason: str = "") -> None:
+        """Send our close frame once, if the connection still allows it; never raises."""
         with self._send_lock:
-            if self._conn.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            if self._close_sent or self._torn_down.is_set():
                 return
+            self._close_sent = True
             try:
-                data = self._conn.send(CloseConnection(code=code, reason=reason or None))
-            except (_WsLocalError, TypeError, ValueError):
-                return
-            try:
-                self._sock.sendall(data)
-            except (OSError, ValueError):
-                self._teardown()
+                self._write(encode_close(code, reason, self._client))
+            except WebSocketClosed:
+                pass
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Start the closing handshake (idempotent, does not block).
@@ -234,7 +262,7 @@ class WebSocket:
         """
         if self._torn_down.is_set():
             return
-        if self._conn.state is ConnectionState.OPEN and self.close_code is None:
+        if not self.closed and self.close_code is None:
             self.close_code, self.close_reason = code, reason
         self._send_close(code, reason)
         self._start_closer()
@@ -253,11 +281,13 @@ class WebSocket:
         """
         with self._recv_lock:
             while not self._read_done:
-                for event in self._conn.events():
-                    result = self._on_event(event)
+                events = self._events
+                while events:
+                    result = self._on_event(events.pop(0))
                     if result is not None or self._read_done:
                         return result
-                data = self._read_some()
+                data = self._received or self._read_some()
+                self._received = b""
                 if not data:
                     if self.close_code is None:
                         self.close_code = CLOSE_ABNORMAL
@@ -275,55 +305,38 @@ class WebSocket:
 
     def _feed(self, data: bytes) -> None:
         try:
-            self._conn.receive_data(data)
-        except _WsLocalError:  # state CLOSED: nothing more to parse
-            self._read_done = True
+            self._events.extend(self._decoder.receive(data))
+        except FrameError as exc:
+            self._fail(exc.code, exc.reason)
 
-    def _on_event(self, event: Any) -> str | None:
-        """Handle one wsproto event; a finished message is returned as text."""
-        if isinstance(event, (TextMessage, BytesMessage)):
-            return self._on_data(event)
-        if isinstance(event, Ping):
+    def _on_event(self, event: tuple) -> str | None:
+        """Handle one frame event; a finished message is returned as text."""
+        kind = event[0]
+        if kind is wsframes.TEXT:
+            return event[1]
+        if kind is wsframes.BINARY:
             try:
-                self._send_events((Pong(payload=event.payload),))
+                return event[1].decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(CLOSE_INVALID_DATA, "binary message is not valid UTF-8")
+                return None
+        if kind is wsframes.PING:
+            try:
+                self._send(encode_frame(wsframes.OP_PONG, event[1], self._client))
             except WebSocketClosed:
                 pass
-            return None
-        if isinstance(event, CloseConnection):
-            if self._conn.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
-                self._on_peer_close(event)
-            else:  # wsproto found a protocol violation (its ParseFailed)
-                self._fail(event.code, event.reason or "protocol error")
-        return None  # Pong and anything else: ignored
+        elif kind is wsframes.CLOSE:
+            self._on_peer_close(event[1], event[2])
+        return None  # pongs are ignored
 
-    def _on_data(self, event: TextMessage | BytesMessage) -> str | None:
-        chunk = event.data
-        if isinstance(chunk, str):
-            # len() counts characters; UTF-8 bytes are only counted when not ASCII.
-            self._size += len(chunk) if chunk.isascii() else len(chunk.encode("utf-8", "surrogatepass"))
-        else:
-            self._size += len(chunk)
-        if self._size > self.max_message_size:
-            self._fail(CLOSE_TOO_BIG, f"message bigger than {self.max_message_size} bytes")
-            return None
-        self._parts.append(chunk)
-        if not event.message_finished:
-            return None
-        parts, self._parts, self._size = self._parts, [], 0
-        if isinstance(event, TextMessage):
-            return parts[0] if len(parts) == 1 else "".join(parts)
-        try:
-            return b"".join(parts).decode("utf-8")
-        except UnicodeDecodeError:
-            self._fail(CLOSE_INVALID_DATA, "binary message is not valid UTF-8")
-            return None
-
-    def _on_peer_close(self, event: CloseConnection) -> None:
-        if self.close_code is None or self._conn.state is ConnectionState.REMOTE_CLOSING:
-            self.close_code, self.close_reason = event.code, event.reason or ""
-        if self._conn.state is ConnectionState.REMOTE_CLOSING:
-            # Echo the peer's code; wsproto sends an empty close for 1005 (ws 3.3.3 style).
-            self._send_close(event.code)
+    def _on_peer_close(self, code: int, reason: str) -> None:
+        self._close_received = True
+        if not self._close_sent:
+            self.close_code, self.close_reason = code, reason
+            # Echo the peer's code; an empty close is answered with an empty one (ws 3.3.3 style).
+            self._send_close(code)
+        elif self.close_code is None:
+            self.close_code, self.close_reason = code, reason
         self._read_done = True
         self._teardown()
 
@@ -333,7 +346,7 @@ class WebSocket:
         self.close_code, self.close_reason = code, reason
         self._failed = True
         self._read_done = True
-        self._parts, self._size = [], 0
+        self._events = []
         self._send_close(code, reason)
         self._start_closer()
 
@@ -364,21 +377,25 @@ class WebSocket:
     def _linger(self, deadline: float) -> None:
         while not self._torn_down.is_set():
             if not self._failed:
-                for event in self._conn.events():
-                    if isinstance(event, CloseConnection):
-                        if self._conn.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
-                            self._on_peer_close(event)
+                for event in self._events:
+                    if event[0] is wsframes.CLOSE:
+                        self._on_peer_close(event[1], event[2])
                         return
+                self._events = []
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             data = b""
             with gevent.Timeout(remaining, False):
-                data = self._read_some()
+                data = self._received or self._read_some()
+                self._received = b""
             if not data:
                 return
             if not self._failed:
-                self._feed(data)
+                try:
+                    self._events.extend(self._decoder.receive(data))
+                except FrameError:
+                    return
 
     def _teardown(self) -> None:
         """Release the TCP connection (idempotent). Wakes a greenlet blocked reading it."""
@@ -399,7 +416,8 @@ class WebSocket:
                 pass
 
     def __repr__(self) -> str:
-        return f"<WebSocket {self.remote_addr or '?'} {self._conn.state.name}>"
+        state = "closed" if self.closed else "open"
+        return f"<WebSocket {self.remote_addr or '?'} {state}>"
 
 
 # -- client side ----------------------------------------------------------------------
@@ -415,54 +433,94 @@ def _wrap_client_ssl(sock: Any, ssl_context: Any, hostname: str) -> Any:
     return gssl.SSLSocket(sock=sock, server_hostname=hostname, _context=ctx)
 
 
-def _header_pairs(headers: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> list[tuple[bytes, bytes]]:
+def _header_lines(headers: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> list[str]:
     if not headers:
         return []
     items = headers.items() if isinstance(headers, Mapping) else headers
-    out = []
+    lines = []
     for name, value in items:
-        name_b = name if isinstance(name, bytes) else str(name).encode("latin-1")
-        value_b = value if isinstance(value, bytes) else str(value).encode("latin-1")
-        out.append((name_b, value_b))
-    return out
+        name_s = name.decode("latin-1") if isinstance(name, bytes) else str(name)
+        value_s = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        if any(c in name_s + value_s for c in "\r\n"):
+            raise ValueError(f"header {name_s!r} contains a line break")
+        lines.append(f"{name_s}: {value_s}\r\n")
+    return lines
 
 
-def _client_handshake(sock: Any, ws: WSConnection, url: str) -> Connection:
-    status: int | None = None
-    headers: list[tuple[bytes, bytes]] = []
-    body = bytearray()
-    while True:
+def _read_head(sock: Any, url: str) -> tuple[bytes, bytes]:
+    """Read an HTTP response head; return ``(head, bytes after it)``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if len(data) > MAX_HANDSHAKE_HEAD:
+            raise HandshakeError(f"handshake response from {url} is too long")
         try:
-            data = sock.recv(READ_SIZE)
+            chunk = sock.recv(READ_SIZE)
         except TimeoutError:
             raise
         except OSError as exc:
-            raise HandshakeError(f"WebSocket handshake with {url} failed: {exc}", status) from exc
-        try:
-            ws.receive_data(data or None)
-        except (_WsRemoteError, _WsLocalError) as exc:
-            raise HandshakeError(f"bad WebSocket handshake response from {url}: {exc}", status) from None
-        # Only the handshake's events: frames that came with the 101 stay queued in the connection.
-        for event in ws.handshake.events():
-            if isinstance(event, AcceptConnection):
-                assert ws.connection is not None
-                return ws.connection
-            if isinstance(event, RejectConnection):
-                status, headers = event.status_code, list(event.headers)
-                if not event.has_body:
-                    raise HandshakeError(f"WebSocket upgrade to {url} rejected: HTTP {status}", status, headers)
-            elif isinstance(event, RejectData):
-                if len(body) < MAX_REJECT_BODY:
-                    body += event.data[: MAX_REJECT_BODY - len(body)]
-                if event.body_finished:
-                    raise HandshakeError(
-                        f"WebSocket upgrade to {url} rejected: HTTP {status}", status, headers, bytes(body)
-                    )
-        if not data:
-            if status is not None:
-                message = f"WebSocket upgrade to {url} rejected: HTTP {status}"
-                raise HandshakeError(message, status, headers, bytes(body))
+            raise HandshakeError(f"WebSocket handshake with {url} failed: {exc}") from exc
+        if not chunk:
             raise HandshakeError(f"connection closed during WebSocket handshake with {url}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def _parse_head(head: bytes, url: str) -> tuple[int, list[tuple[bytes, bytes]]]:
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise HandshakeError(f"bad WebSocket handshake response from {url}: {lines[0][:80]!r}")
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise HandshakeError(f"bad header line in the handshake response from {url}: {line[:80]!r}")
+        headers.append((name.strip().lower(), value.strip()))
+    return int(parts[1]), headers
+
+
+def _read_reject_body(sock: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """What came with a refused upgrade, up to its Content-Length and at most MAX_REJECT_BODY."""
+    length = next((v for k, v in headers if k == b"content-length"), None)
+    want = min(int(length), MAX_REJECT_BODY) if length is not None and length.isdigit() else 0
+    while len(body) < want:
+        try:
+            chunk = sock.recv(READ_SIZE)
+        except OSError:
+            break
+        if not chunk:
+            break
+        body += chunk
+    return body[:MAX_REJECT_BODY]
+
+
+def _client_handshake(sock: Any, host_header: str, target: str, headers: Any, url: str) -> bytes:
+    """Do the HTTP upgrade; return the bytes that came after the 101 head (early frames)."""
+    key = base64.b64encode(os.urandom(16))
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+        + "".join(_header_lines(headers))
+        + "\r\n"
+    )
+    sock.sendall(request.encode("latin-1"))
+    head, rest = _read_head(sock, url)
+    status, response_headers = _parse_head(head, url)
+    if status != 101:
+        body = _read_reject_body(sock, response_headers, rest)
+        raise HandshakeError(f"WebSocket upgrade to {url} rejected: HTTP {status}", status, response_headers, body)
+    fields = dict(response_headers)
+    expected = base64.b64encode(hashlib.sha1(key + _ACCEPT_GUID).digest())
+    if (
+        fields.get(b"upgrade", b"").lower() != b"websocket"
+        or b"upgrade" not in fields.get(b"connection", b"").lower()
+        or fields.get(b"sec-websocket-accept") != expected
+    ):
+        raise HandshakeError(f"bad WebSocket handshake response from {url}: missing or wrong upgrade headers", 101)
+    if fields.get(b"sec-websocket-extensions"):
+        raise HandshakeError(f"server at {url} chose an extension we did not offer", 101)
+    return rest
 
 
 def connect(
@@ -501,18 +559,16 @@ def connect(
             set_nodelay(sock)
             if secure:
                 sock = _wrap_client_ssl(sock, ssl_context, host)
-            ws = WSConnection(ConnectionType.CLIENT)
-            request = Request(host=host_header, target=target, extra_headers=_header_pairs(headers))
-            sock.sendall(ws.send(request))
-            connection = _client_handshake(sock, ws, url)
+            early = _client_handshake(sock, host_header, target, headers, url)
     except BaseException:
         if sock is not None:
             sock.close()
         raise
     return WebSocket(
         sock,
-        connection,
+        client=True,
         owns_socket=True,
         max_message_size=max_message_size,
         remote_addr=f"{host}:{port}",
+        received=early,
     )

@@ -39,8 +39,9 @@ def test_encode_message_key_order_and_compactness():
 def test_encode_rejects_unencodable_values():
     with pytest.raises(LocalProtocolError):
         dnode.encode_message(0, [object()], {})
-    with pytest.raises(LocalProtocolError):
-        dnode.encode_message(0, [float("nan")], {})
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(LocalProtocolError):
+            dnode.Scrubber().scrub([{"x": bad}], [], {})
 
 
 def test_decode_accepts_kitejs_string_paths_and_ignores_links():

@@ -18,9 +18,9 @@ the input.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from kite import jsoncodec
 from kite.errors import RemoteProtocolError
 
 #: Frame sent once when a session opens.
@@ -39,12 +39,8 @@ GO_AWAY = (3000, "Go away!")
 #: Sent to a second receiver that attaches while one is attached (sockjs-go ``session.go``).
 ANOTHER_CONNECTION = (2010, "Another connection still open")
 
-# Compact separators: the Go kite emits no whitespace inside frames (wire-websocket.log).
-_SEPARATORS = (",", ":")
-_encoder = json.JSONEncoder(separators=_SEPARATORS)
-# JSON decoding errors we turn into RemoteProtocolError. RecursionError comes from
-# absurdly nested input such as "[[[[...]]]]".
-_JSON_ERRORS = (ValueError, RecursionError, TypeError)
+# JSON decoding errors we turn into RemoteProtocolError.
+_JSON_ERRORS = (*jsoncodec.DECODE_ERRORS, TypeError)
 
 
 def encode_messages(messages: list[str]) -> str:
@@ -53,17 +49,17 @@ def encode_messages(messages: list[str]) -> str:
     Non-ASCII characters are ``\\u``-escaped, so the frame is always valid UTF-8
     even for strings holding lone surrogates.
     """
-    return "a" + _encoder.encode(list(messages))
+    return "a" + jsoncodec.dumps(list(messages))
 
 
 def encode_close(code: int, reason: str) -> str:
     """The close frame, e.g. ``c[3000,"Go away!"]``."""
-    return "c" + _encoder.encode([int(code), str(reason)])
+    return "c" + jsoncodec.dumps([int(code), str(reason)])
 
 
 def encode_client_payload(messages: list[str]) -> str:
     """What a client sends: the JSON array ``["m1","m2"]``."""
-    return _encoder.encode(list(messages))
+    return jsoncodec.dumps(list(messages))
 
 
 def _to_text(data: str | bytes | bytearray | memoryview) -> str:
@@ -79,7 +75,7 @@ def _to_text(data: str | bytes | bytearray | memoryview) -> str:
 
 def _loads(text: str, what: str) -> Any:
     try:
-        return json.loads(text)
+        return jsoncodec.loads(text)
     except _JSON_ERRORS as exc:
         raise RemoteProtocolError(f"broken JSON in {what}: {exc}") from None
 

@@ -176,6 +176,7 @@ class _WebSocketSession(_ServerSession):
         self._heartbeat_interval = heartbeat_interval
         self._inbox: deque[str] = deque()
         self._ws_done = False
+        self._beat_due = False
         self._writer: gevent.Greenlet | None = None
 
     def start(self) -> None:
@@ -210,10 +211,13 @@ class _WebSocketSession(_ServerSession):
 
     def _write_loop(self) -> None:
         ws = self._ws
+        # One repeating timer per session marks heartbeats due; the writer itself
+        # waits without a timeout, so a message costs no timer start/stop.
+        beat = gevent.get_hub().loop.timer(self._heartbeat_interval, self._heartbeat_interval)
+        beat.start(self._heartbeat_due)
         try:
             if self._sockjs:
                 ws.send_text(OPEN)
-            next_beat = time.monotonic() + self._heartbeat_interval
             while True:
                 if self._pending:
                     messages, self._pending = self._pending, []
@@ -225,22 +229,26 @@ class _WebSocketSession(_ServerSession):
                 if self._closed:
                     self._send_close()
                     return
-                now = time.monotonic()
-                if now >= next_beat:
+                if self._beat_due:
+                    self._beat_due = False
                     if self._sockjs:
                         ws.send_text(HEARTBEAT)
                     else:
                         ws.ping()
-                    next_beat = now + self._heartbeat_interval
                     continue
                 self._wakeup.clear()
-                self._wakeup.wait(next_beat - now)
+                self._wakeup.wait()
         except websocket.WebSocketClosed:
             pass
         except Exception:
             log.exception("WebSocket writer for %s failed", self.remote_addr)
         finally:
+            beat.close()
             self._closed = True
+
+    def _heartbeat_due(self) -> None:
+        self._beat_due = True
+        self._wakeup.set()
 
     def _send_close(self) -> None:
         if self._ws.closed:
