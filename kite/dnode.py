@@ -154,32 +154,35 @@ def decode_message(text: str | bytes) -> Message:
         raise RemoteProtocolError("message is not a JSON object")
 
     method = obj.get("method")
-    if isinstance(method, bool) or not isinstance(method, (str, int, float)):
-        raise RemoteProtocolError("method is not string or integer")
-    if isinstance(method, float):
-        if not method.is_integer():
+    kind = type(method)
+    if kind is not str:
+        if kind is float and method.is_integer():
+            method = int(method)
+        elif kind is not int:
             raise RemoteProtocolError("method is not string or integer")
-        method = int(method)
-    if isinstance(method, int) and method < 0:
-        raise RemoteProtocolError("callback id is negative")
+        if method < 0:
+            raise RemoteProtocolError("callback id is negative")
 
     arguments = obj.get("arguments")
-    if arguments is None:
+    if type(arguments) is not list:
+        if arguments is not None:
+            raise RemoteProtocolError("arguments is not an array")
         arguments = []
-    elif not isinstance(arguments, list):
-        raise RemoteProtocolError("arguments is not an array")
 
     raw_callbacks = obj.get("callbacks")
     callbacks: dict[int, list] = {}
-    if raw_callbacks is not None:
-        if not isinstance(raw_callbacks, dict):
+    if raw_callbacks:
+        if type(raw_callbacks) is not dict:
             raise RemoteProtocolError("callbacks is not an object")
         for key, path in raw_callbacks.items():
-            if not isinstance(path, list) or not all(
-                isinstance(p, (str, int)) and not isinstance(p, bool) for p in path
-            ):
+            if type(path) is not list:
                 raise RemoteProtocolError(f"callback path is not an array of keys: {path!r}")
+            for step in path:
+                if type(step) is not str and type(step) is not int:
+                    raise RemoteProtocolError(f"callback path is not an array of keys: {path!r}")
             callbacks[_parse_callback_id(key)] = path
+    elif raw_callbacks is not None and type(raw_callbacks) is not dict:
+        raise RemoteProtocolError("callbacks is not an object")
     return Message(method, arguments, callbacks)
 
 

@@ -37,7 +37,7 @@ class Request:
         id: a request id (16 hex characters).
     """
 
-    __slots__ = ("method", "args", "local_kite", "client", "username", "auth", "context", "id")
+    __slots__ = ("method", "args", "local_kite", "client", "username", "auth", "context", "_id")
 
     def __init__(
         self,
@@ -55,7 +55,14 @@ class Request:
         self.username = username
         self.auth = auth
         self.context: dict[str, Any] = {}
-        self.id = new_request_id()
+        self._id = ""
+
+    @property
+    def id(self) -> str:
+        """The request id, made on first use (most calls never need one)."""
+        if not self._id:
+            self._id = new_request_id()
+        return self._id
 
     def __repr__(self) -> str:
         return f"<Request {self.method} id={self.id} username={self.username!r}>"
