@@ -1,8 +1,9 @@
 """kite for Python: micro-services in plain blocking Python, wire-compatible with Go kite and kite.js."""
 
 from .arguments import Arguments, Value
+from .auth import KeyNotTrustedError
 from .client import Client
-from .config import Config
+from .config import Config, ConfigError
 from .errors import (
     ArgumentError,
     AuthenticationError,
@@ -19,9 +20,11 @@ from .errors import (
     TimeoutError,
 )
 from .kite import Kite
+from .kitekey import KiteKeyError, KiteKeyNotFoundError
 from .method import RETURN_FIRST, RETURN_LATEST, RETURN_METHOD, Method
 from .protocol import Auth, KiteIdentity
 from .request import Request
+from .tokenrenewer import TokenRenewer
 
 __all__ = [
     "Arguments",
@@ -30,12 +33,16 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "Config",
+    "ConfigError",
     "DisconnectError",
     "GenericError",
     "InvalidResponseError",
+    "KeyNotTrustedError",
     "Kite",
     "KiteError",
     "KiteIdentity",
+    "KiteKeyError",
+    "KiteKeyNotFoundError",
     "LocalProtocolError",
     "Method",
     "MethodNotFoundError",
@@ -48,5 +55,6 @@ __all__ = [
     "RETURN_METHOD",
     "SendError",
     "TimeoutError",
+    "TokenRenewer",
     "Value",
 ]

@@ -80,6 +80,13 @@ class Client:
         self._on_connect: list[Callable[[Client], Any]] = []
         self._on_disconnect: list[Callable[[Client], Any]] = []
         self._on_token_expire: list[Callable[[Client], Any]] = []
+        self._on_token_renew: list[Callable[[str], Any]] = []
+        #: The :class:`~kite.tokenrenewer.TokenRenewer` keeping ``auth`` fresh, if any
+        #: (it sets itself here); with one, a call refused with "token is expired"
+        #: is retried once with a renewed token.
+        self.token_renewer: Any = None
+        #: The token key in use when a call last failed with "token is expired".
+        self._expired_token: str | None = None
 
     def __repr__(self) -> str:
         side = "dialed" if self._dialed else "served"
@@ -122,6 +129,11 @@ class Client:
     def on_token_expire(self, fn: Callable[[Client], Any]) -> Callable[[Client], Any]:
         """Run ``fn(client)`` when a call fails with "token is expired"."""
         self._on_token_expire.append(fn)
+        return fn
+
+    def on_token_renew(self, fn: Callable[[str], Any]) -> Callable[[str], Any]:
+        """Run ``fn(token)`` after the token renewer installed a new token."""
+        self._on_token_renew.append(fn)
         return fn
 
     # -- dialing -----------------------------------------------------------
@@ -244,7 +256,8 @@ class Client:
             conn.cancel(cb_id)
             raise TimeoutError(f'No response to "{method}" method in {timeout}s') from None
         except KiteError as exc:
-            self._check_token_expired(exc)
+            if self._check_token_expired(exc) and self._renew_expired_token():
+                return self._tell_after_renew(method, timeout, args)
             raise
 
     def go(self, method: str, *args: Any) -> AsyncResult:
@@ -266,6 +279,45 @@ class Client:
             result.rawlink(lambda _r: timer.close())
         return result
 
-    def _check_token_expired(self, exc: KiteError) -> None:
+    def _check_token_expired(self, exc: KiteError) -> bool:
+        """Run the ``on_token_expire`` handlers if ``exc`` says the token expired (§3.5)."""
         if exc.type == "authenticationError" and "token is expired" in exc.message:
+            self._expired_token = self.auth.key if self.auth is not None else None
             self._run_handlers(self._on_token_expire, background=True)
+            return True
+        return False
+
+    # -- token renewal -------------------------------------------------------
+
+    def _renew_expired_token(self) -> bool:
+        """Renew the token that was just refused; True if a new one is in place."""
+        renewer = self.token_renewer
+        if renewer is None:
+            return False
+        stale = self._expired_token
+        try:
+            return renewer.renew(stale) != stale
+        except Exception as exc:
+            log.warning("cannot renew the expired token for %s: %s", self.url or self.kite, exc)
+            return False
+
+    def _tell_after_renew(self, method: str, timeout: float | None, args: tuple) -> Any:
+        """The one retry of a call refused with "token is expired", now with the renewed token."""
+        conn, cb_id, result = self._start_call(method, args)
+        try:
+            return result.get(timeout=timeout or None)
+        except gevent.Timeout:
+            conn.cancel(cb_id)
+            raise TimeoutError(f'No response to "{method}" method in {timeout}s') from None
+        except KiteError as exc:
+            self._check_token_expired(exc)
+            raise
+
+    def _token_renewed(self, token: str) -> None:
+        """Install a renewed token and run the ``on_token_renew`` handlers (called by the renewer)."""
+        self.auth = Auth("token", token)
+        for fn in list(self._on_token_renew):
+            try:
+                fn(token)
+            except Exception:
+                log.exception("token renew handler %r failed", fn)

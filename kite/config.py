@@ -1,12 +1,97 @@
-"""Kite configuration (Go's ``config.Config``), with the original's defaults (PROTOCOL.md §9)."""
+"""Kite configuration (Go's ``config.Config``), with the original's defaults (PROTOCOL.md §9).
+
+Where a value comes from, later sources winning:
+
+1. the defaults below (Go's ``config.New()``);
+2. kite.key (:meth:`Config.read_kite_key`): ``sub`` → ``username``, ``iss`` →
+   ``kontrol_user``, ``jti`` → ``id``, ``kontrolURL``, ``kontrolKey`` and the raw key;
+3. ``KITE_*`` environment variables (:meth:`Config.read_environment_variables`).
+
+:meth:`Config.get` does all three (Go's ``config.Get``); ``Kite(name, version)``
+does the same but tolerates a missing kite.key.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .connection import DEFAULT_MAX_CONCURRENT_CALLS
+
+#: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat`` of kite keys
+#: and tokens. The Go kite allows none, but a 2016 Kontrol stamps ``iat`` with
+#: its own "now", so a callee whose clock is a second behind would refuse
+#: brand-new tokens. Five seconds covers NTP-synchronised hosts and stays far
+#: below the 30 s renewal margin of the token renewer (§5.6).
+DEFAULT_AUTH_LEEWAY = 5.0
+
+#: ``KITE_*`` variables read into a Config, by field (PROTOCOL.md §9). Others are
+#: read where they are used: ``KITE_HOME`` (kite.key directory, :mod:`kite.kitekey`),
+#: ``KITE_LOG_LEVEL`` (:mod:`kite.log`), ``KITE_VERSION`` (:meth:`kite.Kite.run`).
+ENVIRONMENT_VARIABLES = {
+    "KITE_USERNAME": "username",
+    "KITE_ENVIRONMENT": "environment",
+    "KITE_REGION": "region",
+    "KITE_IP": "ip",
+    "KITE_PORT": "port",
+    "KITE_KONTROL_URL": "kontrol_url",
+    "KITE_TRANSPORT": "transport",
+    "KITE_VERIFY_TTL": "verify_ttl",
+    "KITE_TIMEOUT": "timeout",
+    "KITE_HANDSHAKE_TIMEOUT": "dial_timeout",
+    "KITE_PROXY_URL": "proxy_url",
+}
+
+#: Go's duration units, in seconds (both micro signs are accepted, as in Go).
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,
+    "\u03bcs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names its source (e.g. the variable)."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from Go's duration syntax (``90s``, ``1m30s``, ``1.5h``, ``300ms``, ``-5m``).
+
+    A bare number is taken as seconds. Raises ``ValueError`` for anything else.
+    """
+    s = text.strip()
+    try:
+        seconds = float(s)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds):
+            raise ValueError(f"invalid duration {text!r}")
+        return seconds
+    sign = 1.0
+    if s[:1] in "+-" and s:
+        sign = -1.0 if s[0] == "-" else 1.0
+        s = s[1:]
+    if not s:
+        raise ValueError(f"invalid duration {text!r}")
+    total, pos = 0.0, 0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None:
+            raise ValueError(f"invalid duration {text!r} (use Go syntax like 90s, 1m30s or 1.5h)")
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    return sign * total
 
 #: Transports a client can dial with.
 TRANSPORTS = ("websocket", "xhr_polling", "xhr_streaming", "auto")
@@ -50,9 +135,15 @@ class Config:
     kontrol_url: str = ""
     kontrol_key: str = ""
     kontrol_user: str = ""
+    #: ``verify_func(pem)``: decides whether a kite key's ``kontrolKey`` is trusted;
+    #: raise ``kite.KeyNotTrustedError`` (cached refusal) or any error to refuse.
+    #: ``None``: trust only ``kontrol_key`` itself (byte-identical), as Go's selfVerify.
     verify_func: Callable[[str], None] | None = None
-    #: Seconds a kontrol-key trust decision is cached (0 = the default, 5 min).
+    #: Seconds a kontrol-key trust decision is cached (0 = the default, 5 min;
+    #: negative = not cached).
     verify_ttl: float = 0.0
+    #: ``verify_audience_func(kite_identity, aud)``: replaces the token audience
+    #: rule (§5.5); raise to refuse. ``None``: the default rule.
     verify_audience_func: Callable[..., None] | None = None
     #: Seconds for Kontrol calls and dials (2018's ``Config.Timeout``).
     timeout: float = 15.0
@@ -68,8 +159,109 @@ class Config:
     disconnect_delay: float = 10.0
     #: Largest message accepted from a peer, bytes.
     max_message_size: int = 16 * 1024 * 1024
+    #: Seconds of clock skew tolerated on ``exp``/``nbf``/``iat`` of kite keys and tokens.
+    auth_leeway: float = DEFAULT_AUTH_LEEWAY
+    #: Accept a kiteKey of any user (Go's behaviour). ``False`` (strict, the
+    #: default): a kite key must belong to this kite's ``username``, except for
+    #: methods opened with ``Kite.allow_other_users(name)``.
+    kite_key_any_user: bool = False
+    #: ``KITE_PROXY_URL``: a reverse proxy to register through (§8.3).
+    proxy_url: str = ""
     extra: dict = field(default_factory=dict)
 
     def copy(self) -> Config:
-        """A deep copy (functions are shared)."""
-        return copy.copy(self)
+        """A copy whose ``extra`` dict is copied too (functions are shared)."""
+        c = copy.copy(self)
+        c.extra = dict(self.extra)
+        return c
+
+    # -- sources ---------------------------------------------------------------
+
+    @classmethod
+    def get(cls, kite_key_required: bool = True) -> Config:
+        """Defaults, then kite.key, then ``KITE_*`` variables (Go's ``config.Get``).
+
+        With ``kite_key_required=False`` a missing kite.key is skipped (a present
+        but invalid one still raises :class:`~kite.kitekey.KiteKeyError`).
+        """
+        from .kitekey import KiteKeyNotFoundError
+
+        c = cls()
+        try:
+            c.read_kite_key()
+        except KiteKeyNotFoundError:
+            if kite_key_required:
+                raise
+        c.read_environment_variables()
+        return c
+
+    @classmethod
+    def from_kite_key(cls, path: str) -> Config:
+        """Defaults plus the kite key in ``path`` (Go's ``config.NewFromKiteKey``)."""
+        c = cls()
+        c.read_kite_key(path)
+        return c
+
+    def read_kite_key(self, path: str | None = None) -> Config:
+        """Apply the kite key at ``path`` (default: ``$KITE_HOME/kite.key`` or
+        ``~/.kite/kite.key``), after verifying it. Returns ``self``."""
+        from .kitekey import parse
+
+        self.apply_kite_key(parse(path=path).raw)
+        return self
+
+    def apply_kite_key(self, key: str) -> Config:
+        """Apply a kite key given as text (self-verified first). Returns ``self``."""
+        from .kitekey import parse
+
+        parsed = parse(key)
+        self.kite_key = parsed.raw
+        if parsed.username:
+            self.username = parsed.username
+        if parsed.kontrol_user:
+            self.kontrol_user = parsed.kontrol_user
+        if parsed.id:
+            self.id = parsed.id
+        if parsed.kontrol_url:
+            self.kontrol_url = parsed.kontrol_url
+        if parsed.kontrol_key:
+            self.kontrol_key = parsed.kontrol_key
+        return self
+
+    def read_environment_variables(self, environ: Mapping[str, str] | None = None) -> Config:
+        """Apply the ``KITE_*`` variables of :data:`ENVIRONMENT_VARIABLES` that are set and non-empty.
+
+        Durations use Go's syntax (``KITE_VERIFY_TTL=90s``). A bad value raises
+        :class:`ConfigError` naming the variable. Returns ``self``.
+        """
+        env = os.environ if environ is None else environ
+        for name, attr in ENVIRONMENT_VARIABLES.items():
+            value = env.get(name, "")
+            if not value:
+                continue
+            try:
+                setattr(self, attr, _convert(attr, value))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+        return self
+
+
+def _convert(attr: str, value: str):
+    if attr == "port":
+        try:
+            port = int(value)
+        except ValueError:
+            raise ValueError(f"invalid port {value!r}") from None
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} out of range 0-65535")
+        return port
+    if attr == "transport":
+        return normalize_transport(value)
+    if attr == "verify_ttl":
+        return parse_duration(value)  # negative: do not cache trust decisions
+    if attr in ("timeout", "dial_timeout"):
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError(f"duration must be positive, got {value!r}")
+        return seconds
+    return value

@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from flask import Flask
 from gevent.event import Event
 
 from . import handlers as builtin_handlers
+from .auth import KITE_KEY, TOKEN, Verifier, load_public_key
 from .client import Client
 from .config import Config
 from .connection import Connection
@@ -51,17 +53,32 @@ class Kite:
     """
 
     def __init__(self, name: str, version: str, config: Config | None = None):
+        """A kite named ``name`` at ``version`` (``X.Y.Z``).
+
+        Without ``config`` it is :meth:`Config.get`: defaults, then kite.key
+        (``$KITE_HOME/kite.key`` or ``~/.kite/kite.key``) when present, then the
+        ``KITE_*`` variables. A present but invalid kite.key raises
+        :class:`~kite.kitekey.KiteKeyError`; a bad variable ``ConfigError``.
+        """
         validate_name_version(name, version)
         self.name = name
         self.version = version
-        self.config = config if config is not None else Config()
+        self.config = config if config is not None else Config.get(kite_key_required=False)
         self.id = str(uuid.uuid4())
         self.hostname = socket.gethostname()
         self.log = new_logger(name)
         #: How a method's result is chosen, captured by each method at registration.
         self.method_handling = RETURN_METHOD
-        #: Authenticators by ``authentication.type``.
-        self.authenticators: dict[str, Authenticator] = {}
+        #: Authenticators by ``authentication.type``: ``fn(request)`` sets
+        #: ``request.username`` or raises. Add your own (e.g. ``sessionID``).
+        self.authenticators: dict[str, Authenticator] = {
+            KITE_KEY: self.authenticate_from_kite_key,
+            TOKEN: self.authenticate_from_token,
+        }
+        #: Trust and verification caches behind the built-in authenticators.
+        self.verifier = Verifier(self)
+        self._other_users_methods: set[str] = set()
+        self._dialed_clients: weakref.WeakSet[Client] = weakref.WeakSet()
         self._methods: dict[str, Method] = {}
         self._pre_handlers: list[Handler] = []
         self._post_handlers: list[Handler] = []
@@ -123,13 +140,18 @@ class Kite:
         """Serve ``name`` with ``fn(request) -> result``; returns the :class:`Method` for chaining."""
         return self.handle(name, HandlerFunc(fn))
 
-    def method(self, name: str | None = None, *, auth: bool | None = None) -> Callable:
-        """Decorator form of :meth:`handle_func`: ``@k.method("square", auth=False)``."""
+    def method(self, name: str | None = None, *, auth: bool | None = None, other_users: bool = False) -> Callable:
+        """Decorator form of :meth:`handle_func`: ``@k.method("square", auth=False)``.
+
+        ``other_users=True`` opens the method to kite keys of other users (:meth:`allow_other_users`).
+        """
 
         def register(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
             m = self.handle_func(name or fn.__name__, fn)
             if auth is not None:
                 m.auth_required = auth
+            if other_users:
+                self.allow_other_users(m.name)
             return fn
 
         return register
@@ -167,7 +189,75 @@ class Kite:
 
     def new_client(self, url: str, transport: str | None = None) -> Client:
         """A client for the kite at ``url`` (``http(s)://host:port/kite`` or ``ws(s)://…/kite/websocket``)."""
-        return Client(self, url, transport=transport)
+        client = Client(self, url, transport=transport)
+        self._dialed_clients.add(client)  # so update_auth() can refresh its kite key
+        return client
+
+    # -- authentication ----------------------------------------------------
+
+    def authenticate_from_kite_key(self, request: Request) -> None:
+        """The ``kiteKey`` authenticator (§5.4): a kite key signed by a trusted Kontrol key.
+
+        Strict by default: the key must belong to this kite's user unless the
+        method is opened with :meth:`allow_other_users` or
+        ``config.kite_key_any_user`` is set.
+        """
+        self.verifier.authenticate_from_kite_key(request)
+
+    def authenticate_from_token(self, request: Request) -> None:
+        """The ``token`` authenticator (§5.5): a Kontrol token for this kite."""
+        self.verifier.authenticate_from_token(request)
+
+    def authenticate_simple_kite_key(self, key: str) -> str:
+        """Verify a kite key without a request; returns its username (no same-user rule).
+
+        Raises :class:`~kite.errors.AuthenticationError`.
+        """
+        return self.verifier.verify_kite_key(key)
+
+    def allow_other_users(self, *method_names: str) -> None:
+        """Let kite keys of other users call these methods (the strict default refuses them)."""
+        self._other_users_methods.update(method_names)
+
+    def kite_key(self) -> str:
+        """The kite key this kite authenticates with (``config.kite_key``)."""
+        return self.config.kite_key
+
+    def kontrol_key(self):
+        """The trusted Kontrol public key (a ``cryptography`` RSA key object), or ``None``.
+
+        Parsed once per PEM and cached.
+        """
+        return self.verifier.kontrol_key()
+
+    def rsa_key(self, token: str):
+        """The key ``token`` must be signed with (Go's ``RSAKey``): the Kontrol key, after
+        checking that the token is RS256 and issued by this kite's Kontrol user."""
+        return self.verifier.rsa_key(token)
+
+    def update_auth(self, kite_key: str = "", public_key: str = "") -> None:
+        """Adopt a re-signed kite key and/or a new Kontrol public key (§5.7, checklist 34).
+
+        Kontrol returns them from ``register`` after a key rotation. The new kite
+        key (self-verified) replaces ``config.kite_key`` and every dialed client
+        that authenticated with the old one; its ``kontrolKey`` (or ``public_key``)
+        becomes the trusted Kontrol key. Nothing is written to disk.
+        """
+        from .kitekey import parse
+
+        old_key = self.config.kite_key
+        if kite_key:
+            parsed = parse(kite_key)
+            public_key = parsed.kontrol_key or public_key
+            if public_key:
+                load_public_key(public_key)
+            self.config.kite_key = parsed.raw
+            for client in list(self._dialed_clients):
+                if client.auth is not None and client.auth.type == KITE_KEY and client.auth.key == old_key:
+                    client.auth = Auth(KITE_KEY, parsed.raw)
+        if public_key:
+            load_public_key(public_key)  # a bad key fails here (ValueError), before it is adopted
+            self.config.kontrol_key = public_key
 
     # -- serving calls -----------------------------------------------------
 

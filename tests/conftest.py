@@ -6,3 +6,11 @@
 from gevent import monkey
 
 monkey.patch_all()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_kite_home(tmp_path_factory, monkeypatch):
+    """Kites built in tests never read the developer's real ~/.kite/kite.key."""
+    monkeypatch.setenv("KITE_HOME", str(tmp_path_factory.mktemp("kite_home")))
