@@ -248,17 +248,29 @@ class Client:
         return self.tell_with_timeout(method, None, *args)
 
     def tell_with_timeout(self, method: str, timeout: float | None, *args: Any) -> Any:
-        """Call ``method`` and wait at most ``timeout`` seconds (``None`` or 0: forever)."""
+        """Call ``method`` and wait at most ``timeout`` seconds (``None`` or 0: forever).
+
+        A call refused with "token is expired" is retried once after the token
+        renewer (if any) installed a fresh token.
+        """
+        try:
+            return self._call_and_wait(method, timeout, args)
+        except KiteError as exc:
+            if not (self._check_token_expired(exc) and self._renew_expired_token()):
+                raise
+        try:
+            return self._call_and_wait(method, timeout, args)
+        except KiteError as exc:
+            self._check_token_expired(exc)
+            raise
+
+    def _call_and_wait(self, method: str, timeout: float | None, args: tuple) -> Any:
         conn, cb_id, result = self._start_call(method, args)
         try:
             return result.get(timeout=timeout or None)
         except gevent.Timeout:
             conn.cancel(cb_id)
             raise TimeoutError(f'No response to "{method}" method in {timeout}s') from None
-        except KiteError as exc:
-            if self._check_token_expired(exc) and self._renew_expired_token():
-                return self._tell_after_renew(method, timeout, args)
-            raise
 
     def go(self, method: str, *args: Any) -> AsyncResult:
         """Start a call and return an :class:`~gevent.event.AsyncResult` for its result."""
@@ -300,18 +312,6 @@ class Client:
         except Exception as exc:
             log.warning("cannot renew the expired token for %s: %s", self.url or self.kite, exc)
             return False
-
-    def _tell_after_renew(self, method: str, timeout: float | None, args: tuple) -> Any:
-        """The one retry of a call refused with "token is expired", now with the renewed token."""
-        conn, cb_id, result = self._start_call(method, args)
-        try:
-            return result.get(timeout=timeout or None)
-        except gevent.Timeout:
-            conn.cancel(cb_id)
-            raise TimeoutError(f'No response to "{method}" method in {timeout}s') from None
-        except KiteError as exc:
-            self._check_token_expired(exc)
-            raise
 
     def _token_renewed(self, token: str) -> None:
         """Install a renewed token and run the ``on_token_renew`` handlers (called by the renewer)."""
