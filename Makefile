@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KITEJS := tests/interop/kitejs
 
-.PHONY: test lint run bench clean deps
+.PHONY: test lint run bench clean deps etcd-server
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,20 +17,25 @@ $(KITEJS)/node_modules/.installed: $(KITEJS)/package.json $(KITEJS)/package-lock
 	cd $(KITEJS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-deps: $(VENV)/.installed $(KITEJS)/node_modules/.installed
+# The storage tests run a real etcd (3.4 serves both the v3 and, with --enable-v2, the v2 API).
+etcd-server:
+	@command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server)
+
+deps: $(VENV)/.installed $(KITEJS)/node_modules/.installed etcd-server
 
 test: deps
-	$(PY) -m ruff check kite examples tests bench
+	$(PY) -m ruff check kite kontrol examples tests bench
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check kite examples tests bench
+	$(PY) -m ruff check kite kontrol examples tests bench
 
 run: $(VENV)/.installed
 	$(PY) -m examples.math.run
 
 bench: deps
-	$(PY) bench/bench_square.py
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) $(KITEJS)/node_modules

@@ -1,4 +1,4 @@
-"""kite.websocket: RFC 6455 over wsproto, server (gevent-websocket upgrade) and client side.
+"""kite.websocket: RFC 6455 with our frame codec, server (gevent-websocket upgrade) and client side.
 
 Real sockets on 127.0.0.1; "raw" tests speak bytes written by hand to check what
 the server does with frames a well-behaved client would never send.

@@ -1,0 +1,5 @@
+"""``python -m kontrol``: see :mod:`kontrol.cli`."""
+
+from .cli import main
+
+main()

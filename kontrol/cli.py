@@ -1,0 +1,148 @@
+"""The ``kontrol`` command (PROTOCOL.md §7.13): run a Kontrol, or write its first kite.key.
+
+Options come from flags, else ``KONTROL_<NAME>`` environment variables, else defaults::
+
+    kontrol --initial --username koding --kontrolurl http://127.0.0.1:4000/kite
+    kontrol                        # sqlite in $KITE_HOME/kontrol.db, port 4000
+
+With no key pair configured (``--publickeyfile``/``--privatekeyfile``), the first
+run generates one, writes it next to the kite.key and stores it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from kite import kitekey
+from kite.config import Config
+
+from .keypairs import generate_pem_pair
+from .kontrol import DEFAULT_PORT, Kontrol
+
+log = logging.getLogger("kontrol")
+
+#: (flag, environment variable suffix, default, help)
+OPTIONS = [
+    ("ip", "IP", "0.0.0.0", "address to listen on"),
+    ("port", "PORT", "0", f"port to listen on (0: {DEFAULT_PORT})"),
+    ("username", "USERNAME", "", "Kontrol's user, the issuer of its keys and tokens (--initial)"),
+    ("kontrolurl", "KONTROLURL", "", "Kontrol's own URL, written into the kite keys it issues"),
+    ("registerurl", "REGISTERURL", "", "URL Kontrol registers for itself (default: --kontrolurl)"),
+    ("publickeyfile", "PUBLICKEYFILE", "", "RSA public key PEM"),
+    ("privatekeyfile", "PRIVATEKEYFILE", "", "RSA private key PEM"),
+    ("storage", "STORAGE", "sqlite", "sqlite, sqlite:///file.db, memory, etcd://host:port, etcd2://host:port"),
+    ("machines", "MACHINES", "", "etcd endpoints host:port (with --storage etcd or etcd2)"),
+    ("tlscertfile", "TLSCERTFILE", "", "TLS certificate PEM (serve https/wss)"),
+    ("tlskeyfile", "TLSKEYFILE", "", "TLS key PEM"),
+    ("version", "VERSION", "0.0.1", "the Kontrol kite's version"),
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kontrol", description=__doc__.splitlines()[0])
+    for flag, env, default, text in OPTIONS:
+        default = os.environ.get(f"KONTROL_{env}", default)
+        parser.add_argument(f"--{flag}", default=default, help=f"{text} [KONTROL_{env}]")
+    initial_env = os.environ.get("KONTROL_INITIAL", "").lower() in ("1", "true", "yes")
+    parser.add_argument("--initial", action="store_true", default=initial_env, help="write the first kite.key and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
+    args = parser.parse_args(argv)
+    try:
+        args.port = int(args.port)
+    except ValueError:
+        parser.error(f"KONTROL_PORT/--port: not a number: {args.port!r}")
+    return args
+
+
+def storage_url(args: argparse.Namespace) -> str:
+    """The storage to open, from --storage and --machines."""
+    kind = args.storage
+    if kind == "sqlite":
+        return os.path.join(kitekey.kite_home(), "kontrol.db")
+    if kind in ("etcd", "etcd2"):
+        machine = (args.machines.split(",")[0] if args.machines else "127.0.0.1:2379").removeprefix("http://")
+        return f"{kind}://{machine}"
+    return kind
+
+
+def key_pair(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The configured key pair PEMs, or ``None``."""
+    if not args.publickeyfile and not args.privatekeyfile:
+        return None
+    if not (args.publickeyfile and args.privatekeyfile):
+        sys.exit("kontrol: give both --publickeyfile and --privatekeyfile (or neither)")
+    with open(args.publickeyfile) as pub, open(args.privatekeyfile) as priv:
+        return pub.read(), priv.read()
+
+
+def generated_key_pair() -> tuple[str, str]:
+    """A new pair, written as key_pub.pem / key.pem (0600) under $KITE_HOME/kontrol."""
+    public, private = generate_pem_pair()
+    directory = os.path.join(kitekey.kite_home(), "kontrol")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for name, pem in (("key_pub.pem", public), ("key.pem", private)):
+        path = os.path.join(directory, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(pem)
+    log.info("generated a key pair in %s (key_pub.pem, key.pem)", directory)
+    print(f"kontrol: generated a key pair in {directory}", file=sys.stderr)
+    return public, private
+
+
+def build(args: argparse.Namespace) -> Kontrol:
+    """A Kontrol from the options, its config from kite.key and KITE_* when present."""
+    config = Config.get(kite_key_required=False)
+    if args.username:
+        config.username = args.username
+    if args.kontrolurl:
+        config.kontrol_url = args.kontrolurl
+    config.ip = args.ip
+    config.port = args.port or DEFAULT_PORT
+    kontrol = Kontrol(config, storage_url(args), version=args.version)
+    pems = key_pair(args)
+    if pems is not None:
+        kontrol.add_key_pair(*pems)
+    elif not kontrol.storage.list_key_pairs():
+        kontrol.add_key_pair(*generated_key_pair())
+    if args.tlscertfile:
+        kontrol.kite.use_tls_file(args.tlscertfile, args.tlskeyfile)
+    return kontrol
+
+
+def initial(args: argparse.Namespace) -> None:
+    """``--initial``: write Kontrol's own kite.key (``iss = sub = username``) and exit."""
+    if not args.username:
+        sys.exit("kontrol: --initial needs --username (or KONTROL_USERNAME)")
+    kontrol = build(args)
+    key = kontrol.register_user(args.username)
+    path = kitekey.write(key)
+    kontrol.storage.close()
+    print(f"kontrol: wrote the kite.key of {args.username!r} to {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``kontrol`` console script and ``python -m kontrol``."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if args.initial:
+        initial(args)
+        return
+    kontrol = build(args)
+    log.info("storage: %s", storage_url(args))
+    gevent.signal_handler(signal.SIGTERM, kontrol.close)
+    gevent.signal_handler(signal.SIGINT, kontrol.close)
+    kontrol.run()
+    log.info("kontrol stopped")

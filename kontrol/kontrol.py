@@ -1,0 +1,197 @@
+"""The Kontrol kite: where kites register, find each other and get tokens (PROTOCOL.md §7)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from kite import Client, Config, Kite, Request
+from kite.protocol import KiteIdentity
+
+from . import handlers
+from .http import blueprint
+from .keypairs import KeyPairs
+from .registry import HEARTBEAT_INTERVAL, Registry
+from .storage import (
+    KeyPair,
+    KeyPairDeletedError,
+    KeyPairNotFoundError,
+    KiteEvent,
+    KontrolQuery,
+    Storage,
+    StorageError,
+    Watcher,
+    open_storage,
+)
+from .tokens import TOKEN_LEEWAY, TOKEN_TTL, TokenIssuer
+
+log = logging.getLogger("kontrol")
+
+#: The Kontrol kite's protocol version (Go ``KontrolVersion``).
+KONTROL_VERSION = "0.0.4"
+#: Port Kontrol listens on when none is configured (Go: 4000).
+DEFAULT_PORT = 4000
+
+MachineAuthenticator = Callable[[str, Request], None]
+
+
+def refuse_machines(auth_type: str, request: Request) -> None:
+    """The default ``registerMachine`` guard: nobody may get a kite key this way.
+
+    Open it by passing ``machine_authenticator=`` to :class:`Kontrol`, e.g. a
+    function that checks a shared secret in ``auth_type`` or the caller's claimed
+    username against an allow-list, and raises to refuse.
+    """
+    raise PermissionError("registerMachine is disabled on this Kontrol")
+
+
+class Kontrol:
+    """A Kontrol: a :class:`~kite.Kite` named ``kontrol`` plus storage, key pairs and tokens.
+
+    ``config`` is the kite config (its ``username`` is the issuer of every token
+    and kite key; ``kontrol_url`` goes into the kite keys it issues); ``storage``
+    a :class:`~kontrol.storage.Storage` or an :func:`~kontrol.storage.open_storage`
+    name (default: ``memory``).
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        storage: Storage | str = "memory",
+        *,
+        version: str = "0.0.1",
+        token_ttl: float = TOKEN_TTL,
+        token_leeway: float = TOKEN_LEEWAY,
+        machine_authenticator: MachineAuthenticator = refuse_machines,
+        **registry_options: float,
+    ):
+        config = config if config is not None else Config()
+        config.kite_key_any_user = True  # every kite calls Kontrol with its own user's key
+        self.storage = open_storage(storage) if isinstance(storage, str) else storage
+        self.keypairs = KeyPairs(self.storage)
+        config.verify_func = self.keypairs.trust
+        self.kite = Kite("kontrol", version, config)
+        self.registry = Registry(self.storage, **registry_options)
+        self.tokens = TokenIssuer(self.keypairs, self.username, token_ttl, token_leeway)
+        self.machine_authenticator = machine_authenticator
+        self._watchers: dict[Client, dict[str, Watcher]] = {}
+        self._registered: dict[Client, set[str]] = {}
+        k = self.kite
+        for name, fn in (
+            ("register", handlers.handle_register),
+            ("getKites", handlers.handle_get_kites),
+            ("getToken", handlers.handle_get_token),
+            ("getKey", handlers.handle_get_key),
+            ("cancelWatcher", handlers.handle_cancel_watcher),
+        ):
+            k.handle_func(name, self._bind(fn))
+        k.handle_func("registerMachine", self._bind(handlers.handle_register_machine)).disable_authentication()
+        k.on_disconnect(self._on_disconnect)
+        k.app.register_blueprint(blueprint(self))
+
+    def _bind(self, fn: Callable[[Kontrol, Request], Any]) -> Callable[[Request], Any]:
+        return lambda r: fn(self, r)
+
+    # -- identity and keys ----------------------------------------------------------------
+
+    @property
+    def username(self) -> str:
+        """Kontrol's user: the issuer (``iss``) of its tokens and kite keys."""
+        return self.kite.config.username
+
+    @property
+    def kontrol_url(self) -> str:
+        """The URL written into the kite keys Kontrol issues."""
+        return self.kite.config.kontrol_url or self.kite.url
+
+    def add_key_pair(self, public: str, private: str, id: str = "") -> KeyPair:
+        """Store a key pair Kontrol may sign with and trusts."""
+        pair = self.keypairs.add(public, private, id)
+        self.kite.config.kontrol_key = self.keypairs.current().public
+        return pair
+
+    def signing_pair(self, key_id: str) -> KeyPair:
+        """The pair that signs tokens for a kite registered under ``key_id`` (§5.5)."""
+        if key_id:
+            try:
+                return self.keypairs.by_id(key_id)
+            except (KeyPairDeletedError, KeyPairNotFoundError):
+                pass
+        return self.keypairs.current()
+
+    def register_user(self, username: str) -> str:
+        """A new kite key for ``username``, signed by the current pair (``-initial``, §7.13)."""
+        return self.keypairs.new_kite_key(username, self.username, self.kontrol_url)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def watch_connection(self, client: Client, kite: KiteIdentity, url: str, key_id: str) -> None:
+        """After a websocket ``register``: drive ``kite.heartbeat`` and deregister on disconnect."""
+        self._registered.setdefault(client, set()).add(kite.id)
+
+        def ping() -> None:
+            if not self.registry.seen(kite.id):
+                # Live but unknown (it went quiet, or Kontrol lost it): register it again.
+                try:
+                    self.registry.register(kite, url, key_id, "websocket")
+                except StorageError as exc:
+                    log.warning("re-registering %s on ping failed: %s", kite, exc)
+
+        interval = max(1, int(self.registry.heartbeat_interval))
+        result = client.go_with_timeout("kite.heartbeat", handlers.HEARTBEAT_CALL_TIMEOUT, interval, ping)
+        result.rawlink(lambda r: r.successful() or log.info("kite.heartbeat on %s failed: %s", kite, r.exception))
+
+    def start_watch(self, r: Request, query: KontrolQuery, audience: str, callback: Callable) -> str:
+        """Stream REGISTER/DEREGISTER events for ``query`` to the caller's ``watchCallback``."""
+        subject = r.username
+
+        def deliver(event: KiteEvent) -> None:
+            token = ""
+            if event.action == "REGISTER":
+                token = self.tokens.token(audience, subject, self.signing_pair(event.key_id))
+            try:
+                callback({"error": None, "result": event.to_wire(token)})
+            except Exception as exc:
+                log.info("watch callback to %s failed: %s", r.client.kite, exc)
+
+        watcher_id = str(uuid.uuid4())
+        self._watchers.setdefault(r.client, {})[watcher_id] = self.storage.watch(query, deliver)
+        return watcher_id
+
+    def cancel_watch(self, client: Client, watcher_id: str) -> None:
+        watcher = self._watchers.get(client, {}).pop(watcher_id, None)
+        if watcher is not None:
+            watcher.cancel()
+
+    def _on_disconnect(self, client: Client) -> None:
+        for watcher in self._watchers.pop(client, {}).values():
+            watcher.cancel()
+        for kite_id in self._registered.pop(client, ()):
+            self.registry.deregister(kite_id)
+
+    # -- serving --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until :meth:`close` (blocking) on ``config.ip:config.port`` (0: a free port).
+
+        Makes a key pair if the storage has none.
+        """
+        if not self.kite.config.kontrol_key:
+            self.kite.config.kontrol_key = self.keypairs.current().public
+        self.registry.start()
+        self.kite.run()
+
+    def close(self) -> None:
+        """Stop serving, stop refreshing, close the storage."""
+        self.registry.stop()
+        for watchers in self._watchers.values():
+            for watcher in watchers.values():
+                watcher.cancel()
+        self._watchers.clear()
+        self.kite.close()
+        self.storage.close()
+
+
+__all__ = ["DEFAULT_PORT", "HEARTBEAT_INTERVAL", "KONTROL_VERSION", "Kontrol", "refuse_machines"]

@@ -1,0 +1,180 @@
+"""Liveness of registered kites, and keeping the storage in step with it (PROTOCOL.md §7.2, §7.7-7.8).
+
+The original lost live kites under load: its refreshes came in one burst that
+exhausted an unbounded database pool, a refresh only updated rows that still
+existed, and on etcd refreshes that timed out let entries expire for good.
+Here the set of live registrations in memory is what counts, and the storage
+is made to agree with it:
+
+* each live kite is refreshed on its own jittered schedule, a bounded number
+  at a time, so refreshes never come in one burst;
+* a refresh that finds the entry gone writes it again;
+* a refresh that fails because the storage is unavailable is retried soon,
+  and the kite stays live in memory meanwhile;
+* a kite registered over a websocket is deleted as soon as its connection
+  closes; one registered over HTTP expires when it stops heartbeating.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import gevent
+from gevent.pool import Pool
+
+from kite.protocol import KiteIdentity
+
+from .storage import Storage, StorageError, StorageUnavailableError
+
+log = logging.getLogger("kontrol.registry")
+
+#: Interval kites are told to heartbeat at, seconds (Go ``HeartbeatInterval``).
+HEARTBEAT_INTERVAL = 10.0
+#: Grace after a missed heartbeat: a kite is gone after interval + delay (Go ``HeartbeatDelay``).
+HEARTBEAT_DELAY = 20.0
+#: Minimum time between storage refreshes of one kite (Go ``UpdateInterval``).
+UPDATE_INTERVAL = 60.0
+#: Storage TTL of an entry; must outlast UPDATE_INTERVAL plus a retry (Go ``KeyTTL``).
+KEY_TTL = 90.0
+#: Storage calls the refresher makes at once: bounded, so a burst can never exhaust
+#: the backend's connection pool.
+REFRESH_CONCURRENCY = 8
+#: Seconds before retrying a refresh that failed because the storage was unavailable.
+RETRY_DELAY = 2.0
+#: How often the refresher looks for due work, seconds.
+TICK = 0.5
+
+WEBSOCKET = "websocket"
+HTTP = "http"
+
+
+@dataclass
+class Entry:
+    """One live registration."""
+
+    kite: KiteIdentity
+    url: str
+    key_id: str
+    kind: str
+    last_seen: float
+    next_refresh: float
+    written: bool = field(default=False)
+
+
+class Registry:
+    """Live registrations of one Kontrol, kept in its storage."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        heartbeat_delay: float = HEARTBEAT_DELAY,
+        update_interval: float = UPDATE_INTERVAL,
+        key_ttl: float = KEY_TTL,
+    ):
+        self.storage = storage
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_delay = heartbeat_delay
+        self.update_interval = update_interval
+        self.key_ttl = key_ttl
+        self._entries: dict[str, Entry] = {}
+        self._pool = Pool(REFRESH_CONCURRENCY)
+        self._refresher: gevent.Greenlet | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start refreshing in the background."""
+        if self._refresher is None or self._refresher.dead:
+            self._refresher = gevent.spawn(self._refresh_loop)
+
+    def stop(self) -> None:
+        """Stop refreshing (entries stay in the storage until their TTL)."""
+        if self._refresher is not None:
+            self._refresher.kill(block=False)
+        self._pool.kill(block=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, kite_id: str) -> bool:
+        return kite_id in self._entries
+
+    # -- registration -------------------------------------------------------------------
+
+    def register(self, kite: KiteIdentity, url: str, key_id: str, kind: str) -> None:
+        """Record a live kite and write it to the storage now.
+
+        Raises :class:`StorageError` if the first write fails (the caller answers
+        ``internal error - register``); the kite is not live then.
+        """
+        now = time.monotonic()
+        entry = Entry(kite, url, key_id, kind, now, self._next(now), written=False)
+        self.storage.upsert(kite, url, key_id, self.key_ttl)
+        entry.written = True
+        self._entries[kite.id] = entry
+
+    def seen(self, kite_id: str) -> bool:
+        """A heartbeat from ``kite_id``: ``False`` if it is not registered here (→ "registeragain")."""
+        entry = self._entries.get(kite_id)
+        if entry is None:
+            return False
+        entry.last_seen = time.monotonic()
+        if not entry.written:
+            entry.next_refresh = 0.0  # rewrite it at the next tick
+        return True
+
+    def deregister(self, kite_id: str) -> None:
+        """Remove a kite now (its websocket closed)."""
+        entry = self._entries.pop(kite_id, None)
+        if entry is None:
+            return
+        try:
+            self.storage.delete(entry.kite)
+        except StorageError as exc:
+            log.warning("deleting %s failed (%s); it will expire by TTL", entry.kite, exc)
+
+    # -- refreshing ---------------------------------------------------------------------
+
+    def _next(self, now: float) -> float:
+        # Spread refreshes over the last fifth of the interval instead of one burst.
+        return now + self.update_interval * random.uniform(0.8, 1.0)
+
+    def _refresh_loop(self) -> None:
+        while True:
+            try:
+                self._tick()
+            except Exception:
+                log.exception("refresh tick failed")
+            gevent.sleep(TICK)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        deadline = self.heartbeat_interval + self.heartbeat_delay
+        for kite_id, entry in list(self._entries.items()):
+            if now - entry.last_seen > deadline:
+                # Gone quiet: stop refreshing; the storage TTL removes it (§7.8).
+                log.info("%s stopped heartbeating; letting it expire", entry.kite)
+                del self._entries[kite_id]
+                continue
+            if entry.next_refresh <= now:
+                entry.next_refresh = float("inf")  # in progress
+                self._pool.spawn(self._refresh, entry)
+
+    def _refresh(self, entry: Entry) -> None:
+        try:
+            if not self.storage.refresh(entry.kite, self.key_ttl):
+                # The entry vanished (expired during an outage, or deleted): write it again.
+                self.storage.upsert(entry.kite, entry.url, entry.key_id, self.key_ttl)
+            entry.written = True
+            entry.next_refresh = self._next(time.monotonic())
+        except StorageUnavailableError as exc:
+            log.warning("storage unavailable refreshing %s: %s; retrying", entry.kite, exc)
+            entry.next_refresh = time.monotonic() + RETRY_DELAY * random.uniform(0.5, 1.5)
+        except StorageError as exc:
+            log.error("refreshing %s failed: %s", entry.kite, exc)
+            entry.next_refresh = time.monotonic() + RETRY_DELAY * random.uniform(0.5, 1.5)

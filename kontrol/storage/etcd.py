@@ -1,0 +1,414 @@
+"""etcd v3 storage through ``etcd3gw`` (etcd's HTTP/JSON gateway, etcd >= 3.4).
+
+Key layout under ``prefix`` (default ``/kontrol``), all readable with ``etcdctl``:
+
+* ``<prefix>/kites/<username>/<environment>/<name>/<version>/<region>/<hostname>/<id>``
+  -> ``{"url": ..., "key_id": ...}`` (the Go Kontrol's value);
+* ``<prefix>/kite-ids/<id>`` -> ``{"kite": "/<path>", "url", "key_id", "ttl"}``, the id
+  index (ID-only queries, refresh and delete by id, identity changes, ``count``);
+* ``<prefix>/keys/<id>`` -> the key pair; ``<prefix>/key-publics/<sha256(public)>`` -> id.
+
+TTLs: **one lease per kite**, attached to both of its keys. A refresh is then a
+single lease keep-alive: no write, no revision, no watch event, which matters since
+every kite is refreshed each minute; expiry is exact per kite; and a delete or
+expiry removes both keys at once. (A lease per TTL bucket would save lease grants
+but turn every refresh into a rewrite of both keys.) etcd raises TTLs below its
+minimum (``ceil(1.5 * election timeout)``, 2 s by default) to that minimum.
+
+Atomicity: every change of a kite is one transaction guarded by the id index's
+``mod_revision`` (optimistic concurrency, retried on conflict); no etcd locks.
+
+Watches: one watch stream per storage instance over ``<prefix>/kites/``, opened
+while there are watchers, resumed from the last seen revision after errors, so
+watchers see changes by every process sharing the etcd and survive outages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import gevent
+import requests
+from etcd3gw import exceptions as etcd3_exceptions
+from etcd3gw.client import Etcd3Client
+from gevent.pool import Pool
+
+from kite.protocol import PATH_FIELDS, KiteIdentity
+
+from . import etcd3_wire as wire
+from . import etcd_common as common
+from .base import (
+    KeyPair,
+    KiteEvent,
+    KiteRecord,
+    KiteRef,
+    QueryLike,
+    Storage,
+    WatchCallback,
+    Watcher,
+    check_kite,
+    check_ttl,
+    check_usable,
+    kite_id,
+    new_key_pair,
+    newest_first,
+    soft_deleted,
+    whole_seconds,
+)
+from .errors import KeyPairExistsError, KeyPairNotFoundError, StorageError, StorageUnavailableError
+from .query import KontrolQuery
+from .watch import EventPump, WatchHub
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "/kontrol"
+#: Optimistic transactions retried this often under contention on one kite before
+#: giving up (contention means several Kontrols rewriting the same kite at once).
+TXN_ATTEMPTS = 20
+#: Keys fetched per range request, so a huge registry is read in bounded responses.
+RANGE_PAGE_SIZE = 1000
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Index:
+    """A decoded ``kite-ids`` entry."""
+
+    record: KiteRecord
+    ttl: int | None
+    lease: int
+    mod_revision: int
+
+
+class EtcdStorage(Storage):
+    """Kites, watches and key pairs in etcd (v3 API); see the module docstring for the layout.
+
+    ``prefix`` namespaces all keys (several registries, or tests, can share one etcd);
+    ``timeout`` bounds each request; ``pool_size`` bounds the connections to etcd
+    (plus one per storage instance for the watch stream while anything watches);
+    ``ca_cert`` and ``cert`` (a (cert, key) file pair) configure TLS with ``protocol="https"``.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 2379,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        protocol: str = "http",
+        timeout: float = common.DEFAULT_TIMEOUT,
+        pool_size: int = common.DEFAULT_POOL_SIZE,
+        ca_cert: str | None = None,
+        cert: tuple[str, str] | None = None,
+    ) -> None:
+        self._where = f"{protocol}://{host}:{port}"
+        self._timeout = timeout
+        self._pool_size = pool_size
+        self._tls = {"verify": ca_cert or True, "cert": cert}
+        self._client = Etcd3Client(host=host, port=port, protocol=protocol, timeout=timeout)
+        self._client.session.close()
+        self._client.session = common.bounded_session(pool_size, **self._tls)
+        root = prefix.rstrip("/")
+        self._kites = f"{root}/kites/"
+        self._ids = f"{root}/kite-ids/"
+        self._keys = f"{root}/keys/"
+        self._publics = f"{root}/key-publics/"
+        self._hub = WatchHub(on_empty=self._stop_pump)
+        self._pump: EventPump | None = None
+        self._closed = False
+
+    # -- transport ----------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run one etcd request, mapping failures to storage errors."""
+        for attempt in (1, 2):
+            try:
+                return fn()
+            except etcd3_exceptions.ConnectionFailedError as e:
+                if attempt == 1:  # a pooled connection may have died with a restarted etcd
+                    continue
+                raise StorageUnavailableError(f"etcd at {self._where} unavailable: {e.detail_text or e}") from e
+            except etcd3_exceptions.ConnectionTimeoutError as e:
+                raise StorageUnavailableError(f"etcd at {self._where} timed out: {e.detail_text or e}") from e
+            except etcd3_exceptions.Etcd3Exception as e:
+                raise StorageError(f"etcd: {e.detail_text or e}") from e
+            except requests.RequestException as e:
+                raise StorageUnavailableError(f"etcd at {self._where}: {e}") from e
+        raise AssertionError("unreachable")
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return self._call(lambda: self._client.post(self._client.get_url(path), json=payload))
+
+    def _range(self, key: str, prefix: bool = False, **options: Any) -> dict[str, Any]:
+        payload: dict[str, Any] = {"key": wire.b64(key), **options}
+        if prefix:
+            payload["range_end"] = wire.range_end(key)
+        return self._post("/kv/range", payload)
+
+    def _get_kv(self, key: str) -> dict[str, Any] | None:
+        kvs = self._range(key).get("kvs") or []
+        return kvs[0] if kvs else None
+
+    def _txn(self, compare: list[dict], success: list[dict], failure: list[dict] | None = None) -> dict[str, Any]:
+        return self._post("/kv/txn", {"compare": compare, "success": success, "failure": failure or []})
+
+    def _grant(self, ttl: float) -> int:
+        """A new lease of ``ttl`` seconds, rounded up (etcd may raise it to its minimum TTL)."""
+        wanted = whole_seconds(ttl)
+        result = self._post("/lease/grant", {"TTL": wanted, "ID": 0})
+        granted = int(result.get("TTL", wanted))
+        if granted != wanted:
+            log.debug("etcd granted a %d s lease for a %d s TTL (its minimum TTL)", granted, wanted)
+        return int(result["ID"])
+
+    def _revoke_quietly(self, lease: int) -> None:
+        if not lease:
+            return
+        try:
+            self._post("/kv/lease/revoke", {"ID": lease})
+        except StorageError as e:  # already expired or revoked: the keys are gone either way
+            log.debug("revoking lease %x: %s", lease, e)
+
+    def _keep_alive(self, lease: int) -> bool:
+        """Restart ``lease``'s TTL; False if it already expired."""
+        result = self._post("/lease/keepalive", {"ID": lease}).get("result") or {}
+        return int(result.get("TTL", -1)) > 0
+
+    def _revision(self) -> int:
+        """The current store revision."""
+        return int(self._range(self._ids, count_only=True)["header"]["revision"])
+
+    # -- kites --------------------------------------------------------------------------
+
+    def _path_key(self, kite: KiteIdentity) -> str:
+        return self._kites + "/".join(getattr(kite, f) for f in PATH_FIELDS)
+
+    def _decode_index(self, kv: dict[str, Any] | None) -> _Index | None:
+        if kv is None:
+            return None
+        obj = json.loads(wire.unb64(kv.get("value", "")) or "{}")
+        kite = KiteIdentity.from_string(obj["kite"])
+        record = KiteRecord(kite, obj.get("url", ""), obj.get("key_id", ""))
+        return _Index(record, obj.get("ttl"), int(kv.get("lease", 0)), int(kv["mod_revision"]))
+
+    @staticmethod
+    def _index_value(record: KiteRecord, ttl: int | None) -> str:
+        """The id index entry: the kite's path (identity), registration and requested TTL."""
+        return json.dumps({"kite": str(record.kite), "url": record.url, "key_id": record.key_id, "ttl": ttl})
+
+    def _index(self, kid: str) -> _Index | None:
+        return self._decode_index(self._get_kv(self._ids + kid))
+
+    def _write(self, record: KiteRecord, lease: int, ttl: int | None) -> _Index | None:
+        """Point the kite's keys at ``record`` with ``lease``, atomically; return what it replaced."""
+        id_key = self._ids + record.kite.id
+        path_key = self._path_key(record.kite)
+        index = self._index_value(record, ttl)
+        value = common.kite_value(record.url, record.key_id)
+        old: _Index | None = None
+        for attempt in range(TXN_ATTEMPTS):
+            common.contention_pause(attempt)
+            ops = [wire.put(path_key, value, lease), wire.put(id_key, index, lease)]
+            if old is not None and self._path_key(old.record.kite) != path_key:
+                ops.insert(0, wire.delete(self._path_key(old.record.kite)))
+            guard = wire.unchanged(id_key, old.mod_revision) if old else wire.absent(id_key)
+            result = self._txn([guard], ops, [{"request_range": {"key": wire.b64(id_key)}}])
+            if result.get("succeeded"):
+                return old
+            kvs = result["responses"][0]["response_range"].get("kvs") or []
+            old = self._decode_index(kvs[0] if kvs else None)
+        raise StorageError(f"kite {record.kite.id}: too many concurrent updates")
+
+    def upsert(self, kite: KiteIdentity, url: str, key_id: str = "", ttl: float | None = None) -> None:
+        check_kite(kite, url)
+        ttl = check_ttl(ttl)
+        record = KiteRecord(KiteIdentity(**kite.to_wire()), url, key_id)
+        lease = self._grant(ttl) if ttl is not None else 0
+        try:
+            old = self._write(record, lease, whole_seconds(ttl) if ttl is not None else None)
+        except BaseException:
+            self._revoke_quietly(lease)
+            raise
+        if old is not None and old.lease != lease:
+            self._revoke_quietly(old.lease)
+
+    def upsert_many(self, records: Iterable[KiteRecord], ttl: float | None = None) -> None:
+        """Upsert concurrently, at most ``pool_size`` at a time; raise the first failure."""
+        records = list(records)
+        for r in records:
+            check_kite(r.kite, r.url)
+
+        def one(r: KiteRecord) -> StorageError | None:
+            try:
+                self.upsert(r.kite, r.url, r.key_id, ttl)
+            except StorageError as e:
+                return e
+            return None
+
+        errors = [e for e in Pool(self._pool_size).imap_unordered(one, records) if e is not None]
+        if errors:
+            raise errors[0]
+
+    def refresh(self, kite: KiteRef, ttl: float | None) -> bool:
+        ttl = check_ttl(ttl)
+        kid = kite_id(kite)
+        for attempt in range(TXN_ATTEMPTS):
+            common.contention_pause(attempt)
+            entry = self._index(kid)
+            if entry is None:
+                return False
+            wanted = whole_seconds(ttl) if ttl is not None else None
+            if wanted is not None and entry.lease and entry.ttl == wanted:
+                return self._keep_alive(entry.lease)
+            if wanted is None and not entry.lease:
+                return True
+            lease = self._grant(ttl) if ttl is not None else 0
+            try:
+                swapped = self._rewrite(entry, lease, wanted)
+            except BaseException:
+                self._revoke_quietly(lease)
+                raise
+            if swapped:
+                self._revoke_quietly(entry.lease)
+                return True
+            self._revoke_quietly(lease)
+        raise StorageError(f"kite {kid}: too many concurrent updates")
+
+    def _rewrite(self, entry: _Index, lease: int, ttl: int | None) -> bool:
+        """Move both keys of an unchanged entry to ``lease``; False if the entry changed meanwhile."""
+        r = entry.record
+        ops = [wire.put(self._path_key(r.kite), common.kite_value(r.url, r.key_id), lease)]
+        ops.append(wire.put(self._ids + r.kite.id, self._index_value(r, ttl), lease))
+        return bool(self._txn([wire.unchanged(self._ids + r.kite.id, entry.mod_revision)], ops).get("succeeded"))
+
+    def delete(self, kite: KiteRef) -> bool:
+        kid = kite_id(kite)
+        for attempt in range(TXN_ATTEMPTS):
+            common.contention_pause(attempt)
+            entry = self._index(kid)
+            if entry is None:
+                return False
+            ops = [wire.delete(self._path_key(entry.record.kite)), wire.delete(self._ids + kid)]
+            if self._txn([wire.unchanged(self._ids + kid, entry.mod_revision)], ops).get("succeeded"):
+                self._revoke_quietly(entry.lease)
+                return True
+        raise StorageError(f"kite {kid}: too many concurrent updates")
+
+    def _scan(self, prefix: tuple[str, ...]) -> Iterable[KiteRecord]:
+        key = self._kites + "/".join(prefix)
+        if len(prefix) < len(PATH_FIELDS):
+            key += "/"
+        return [self._decode_kite(kv) for kv in self._range_all(key, exact=len(prefix) == len(PATH_FIELDS))]
+
+    def _range_all(self, key: str, exact: bool = False) -> Iterator[dict[str, Any]]:
+        """Every kv at ``key`` (or under the prefix ``key``), page by page at one revision."""
+        if exact:
+            kv = self._get_kv(key)
+            yield from [kv] if kv else []
+            return
+        end, start, revision = wire.range_end(key), key, 0
+        while True:
+            options: dict[str, Any] = {"range_end": end, "limit": RANGE_PAGE_SIZE}
+            if revision:
+                options["revision"] = revision
+            result = self._post("/kv/range", {"key": wire.b64(start), **options})
+            revision = revision or int(result["header"]["revision"])
+            kvs = result.get("kvs") or []
+            yield from kvs
+            if not result.get("more") or not kvs:
+                return
+            start = wire.unb64(kvs[-1]["key"]) + "\0"
+
+    def _decode_kite(self, kv: dict[str, Any]) -> KiteRecord:
+        kite = common.kite_from_parts(wire.unb64(kv["key"])[len(self._kites) :].split("/"))
+        if kite is None:
+            raise StorageError(f"malformed kite key {wire.unb64(kv['key'])!r}")
+        return KiteRecord(kite, *common.parse_kite_value(wire.unb64(kv.get("value", ""))))
+
+    def get_by_id(self, kite_id: str) -> KiteRecord | None:
+        entry = self._index(kite_id)
+        return entry.record if entry is not None else None
+
+    def count(self) -> int:
+        return int(self._range(self._ids, prefix=True, count_only=True).get("count", 0))
+
+    # -- watches ------------------------------------------------------------------------
+
+    def watch(self, query: QueryLike, callback: WatchCallback) -> Watcher:
+        q = KontrolQuery.coerce(query).validate()
+        revision = self._revision()
+        watcher = self._hub.add(q, callback, after_revision=revision)
+        if self._pump is None:
+            name = f"etcd watch {self._where}{self._kites}"
+            self._pump = EventPump(name, self._follow, revision + 1, self._hub.publish)
+        return watcher
+
+    def _stop_pump(self) -> None:
+        if self._pump is not None:
+            self._pump.stop()
+            self._pump = None
+
+    def _follow(self, start: int) -> Iterator[tuple[int, list[KiteEvent]]]:
+        return wire.follow_watch(
+            common.bounded_session(1, **self._tls),
+            self._client.get_url("/watch"),
+            self._kites,
+            start,
+            (self._timeout, common.WATCH_READ_TIMEOUT),
+        )
+
+    # -- key pairs ----------------------------------------------------------------------
+
+    def add_key_pair(self, id: str, public: str, private: str) -> KeyPair:
+        pair = new_key_pair(id, public, private)
+        key, public_key = self._keys + pair.id, self._publics + common.public_key_digest(pair.public)
+        ops = [wire.put(key, json.dumps(pair.to_json()), 0), wire.put(public_key, pair.id, 0)]
+        if not self._txn([wire.absent(key), wire.absent(public_key)], ops).get("succeeded"):
+            raise KeyPairExistsError(f"key pair {pair.id} or its public key already exists")
+        return pair
+
+    def _find(self, id: str) -> tuple[KeyPair, int]:
+        kv = self._get_kv(self._keys + id)
+        if kv is None:
+            raise KeyPairNotFoundError()
+        return KeyPair.from_json(json.loads(wire.unb64(kv["value"]))), int(kv["mod_revision"])
+
+    def get_key_pair(self, id: str) -> KeyPair:
+        return check_usable(self._find(id)[0])
+
+    def get_key_pair_by_public(self, public: str) -> KeyPair:
+        kv = self._get_kv(self._publics + common.public_key_digest(public.strip()))
+        if kv is None:
+            raise KeyPairNotFoundError()
+        return self.get_key_pair(wire.unb64(kv["value"]))
+
+    def delete_key_pair(self, id: str) -> None:
+        for attempt in range(TXN_ATTEMPTS):
+            common.contention_pause(attempt)
+            pair, mod_revision = self._find(id)
+            if pair.deleted:
+                return
+            ops = [wire.put(self._keys + id, json.dumps(soft_deleted(pair).to_json()), 0)]
+            if self._txn([wire.unchanged(self._keys + id, mod_revision)], ops).get("succeeded"):
+                return
+        raise StorageError(f"key pair {id}: too many concurrent updates")
+
+    def list_key_pairs(self, include_deleted: bool = False) -> list[KeyPair]:
+        pairs = (KeyPair.from_json(json.loads(wire.unb64(kv["value"]))) for kv in self._range_all(self._keys))
+        return newest_first(pairs, include_deleted)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._hub.close()
+        self._stop_pump()
+        self._client.session.close()
+        gevent.sleep(0)  # let killed greenlets unwind and close their connections

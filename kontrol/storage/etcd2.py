@@ -1,0 +1,401 @@
+"""etcd v2 storage through ``python-etcd``, in the Go Kontrol's key layout (PROTOCOL.md §7.10).
+
+A Go Kontrol and this backend can share one etcd (<= 3.5, started with
+``--enable-v2=true``). Under ``prefix`` (default empty, as in Go):
+
+* ``/kites/<username>/<environment>/<name>/<version>/<region>/<hostname>/<id>`` ->
+  ``{"url":...,"key_id":...}`` with the kite's TTL, exactly as Go writes it;
+* ``/kites/<id>`` -> the same JSON plus ``"kite": "/<path>"`` (Go's JSON decoder
+  ignores the extra field). Go never needed the path from the id, but we do: ID-only
+  queries, delete/refresh by id and identity changes. For entries a Go Kontrol wrote
+  (no ``"kite"``), we find the path by scanning ``/kites``;
+* ``/kontrol/keys/<id>`` and ``/kontrol/key-publics/<sha256(public)>``: key pairs,
+  outside Go's tree (Go keeps its key pairs elsewhere).
+
+TTLs are etcd v2 TTLs (whole seconds); a refresh uses ``refresh=true``, which
+watchers do not see. v2 has no multi-key transactions: the two kite keys are
+written one after the other (id key first; its previous value tells us the old
+path when the identity changed).
+
+Watches long-poll ``/kites`` recursively (``wait=true&waitIndex=n``) in one greenlet
+per storage instance, resuming at the next index after errors.
+
+v2 key limits the other backends do not have: a field may not be ``.`` or ``..``
+(etcd cleans paths) nor start with ``_`` (etcd hides such keys from listings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import etcd
+import urllib3
+from gevent.pool import Pool
+
+from kite.protocol import PATH_FIELDS, KiteIdentity
+
+from . import etcd_common as common
+from .base import (
+    DEREGISTER,
+    REGISTER,
+    KeyPair,
+    KiteEvent,
+    KiteRecord,
+    KiteRef,
+    QueryLike,
+    Storage,
+    WatchCallback,
+    Watcher,
+    check_kite,
+    check_ttl,
+    check_usable,
+    kite_id,
+    new_key_pair,
+    newest_first,
+    soft_deleted,
+    whole_seconds,
+)
+from .errors import (
+    InvalidKiteError,
+    KeyPairExistsError,
+    KeyPairNotFoundError,
+    StorageError,
+    StorageUnavailableError,
+)
+from .query import KontrolQuery
+from .watch import EventPump, WatchHub
+
+log = logging.getLogger(__name__)
+
+#: Seconds one watch long-poll waits for an event before it is re-issued.
+WATCH_POLL_TIMEOUT = 60.0
+#: Compare-and-swap retries under contention (several Kontrols on one key pair).
+CAS_ATTEMPTS = 10
+
+_WRITE_ACTIONS = {"set", "create", "update", "compareAndSwap"}
+_REMOVE_ACTIONS = {"delete", "expire", "compareAndDelete"}
+
+T = TypeVar("T")
+
+
+def _segment(value: str) -> str:
+    # python-etcd puts keys into the URL as they are; quote each path segment.
+    return quote(value, safe="")
+
+
+def _check_v2_key(kite: KiteIdentity) -> None:
+    for f in PATH_FIELDS:
+        value = getattr(kite, f)
+        if value in (".", ".."):
+            raise InvalidKiteError(f'Field "{f}" must not be "." or ".." on etcd v2')
+        if value.startswith("_"):
+            raise InvalidKiteError(f'Field "{f}" must not start with "_" on etcd v2 (hidden keys)')
+
+
+class Etcd2Storage(Storage):
+    """Kites, watches and key pairs in etcd's v2 keys API, shared with Go Kontrols.
+
+    ``prefix`` namespaces the tree (empty: Go's ``/kites``); ``timeout`` bounds each
+    request; ``pool_size`` bounds the connections to etcd (plus one for the watch
+    long-poll while anything watches).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 2379,
+        prefix: str = "",
+        *,
+        protocol: str = "http",
+        timeout: float = common.DEFAULT_TIMEOUT,
+        pool_size: int = common.DEFAULT_POOL_SIZE,
+    ) -> None:
+        self._where = f"{protocol}://{host}:{port}"
+        self._timeout = timeout
+        self._pool_size = pool_size
+        self._client = self._make_client(host, port, protocol, pool_size)
+        self._watch_client = self._make_client(host, port, protocol, 1)
+        root = prefix.rstrip("/")
+        self._kites = f"{root}/kites"
+        self._keys = f"{root}/kontrol/keys"
+        self._publics = f"{root}/kontrol/key-publics"
+        self._hub = WatchHub(on_empty=self._stop_pump)
+        self._pump: EventPump | None = None
+        self._closed = False
+
+    def _make_client(self, host: str, port: int, protocol: str, pool_size: int) -> etcd.Client:
+        client = etcd.Client(host=host, port=port, protocol=protocol, read_timeout=self._timeout)
+        # python-etcd's own pool opens extra connections when its 10 are busy; bound it.
+        client.http.clear()
+        client.http = urllib3.PoolManager(num_pools=1, maxsize=pool_size, block=True)
+        return client
+
+    # -- transport ----------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one etcd request, mapping failures to storage errors.
+
+        The outcomes callers handle (not found, already exists, compare failed) pass through.
+        """
+        try:
+            return fn(*args, **kwargs)
+        except (etcd.EtcdKeyNotFound, etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed):
+            raise
+        except (etcd.EtcdConnectionFailed, etcd.EtcdLeaderElectionInProgress) as e:
+            raise StorageUnavailableError(f"etcd at {self._where} unavailable: {e}") from e
+        except etcd.EtcdException as e:
+            status = (e.payload or {}).get("status", 0) if isinstance(e.payload, dict) else 0
+            if status >= 500:
+                raise StorageUnavailableError(f"etcd at {self._where}: {e}") from e
+            raise StorageError(f"etcd: {e}") from e
+
+    def _read(self, key: str, **options: Any) -> etcd.EtcdResult | None:
+        try:
+            return self._call(self._client.read, key, **options)
+        except etcd.EtcdKeyNotFound:
+            return None
+
+    def _delete(self, key: str) -> etcd.EtcdResult | None:
+        try:
+            return self._call(self._client.delete, key)
+        except etcd.EtcdKeyNotFound:
+            return None
+
+    # -- kites --------------------------------------------------------------------------
+
+    def _path_key(self, kite: KiteIdentity) -> str:
+        return self._kites + "/" + "/".join(_segment(getattr(kite, f)) for f in PATH_FIELDS)
+
+    def _id_key(self, kid: str) -> str:
+        return f"{self._kites}/{_segment(kid)}"
+
+    def _kite_of_key(self, key: str) -> KiteIdentity | None:
+        if not key.startswith(self._kites + "/"):
+            return None
+        return common.kite_from_parts(key[len(self._kites) + 1 :].split("/"))
+
+    def _identity_of(self, kid: str, id_value: str | None, hint: KiteRef) -> KiteIdentity | None:
+        """The identity of kite ``kid``: from its id entry, else the caller's identity, else a scan."""
+        try:
+            path = json.loads(id_value or "{}").get("kite")
+        except (ValueError, AttributeError):
+            path = None
+        if isinstance(path, str) and path.startswith("/"):
+            return KiteIdentity.from_string(path)
+        if isinstance(hint, KiteIdentity):
+            return hint
+        log.debug("kite %s has no path in its id entry (written by a Go Kontrol?); scanning", kid)
+        for record in self._scan(()):
+            if record.kite.id == kid:
+                return record.kite
+        return None
+
+    def upsert(self, kite: KiteIdentity, url: str, key_id: str = "", ttl: float | None = None) -> None:
+        check_kite(kite, url)
+        _check_v2_key(kite)
+        ttl = check_ttl(ttl)
+        seconds = whole_seconds(ttl) if ttl is not None else None
+        path_key = self._path_key(kite)
+        id_value = json.dumps({"url": url, "key_id": key_id, "kite": str(kite)}, separators=(",", ":"))
+        result = self._call(self._client.write, self._id_key(kite.id), id_value, ttl=seconds)
+        prev = getattr(result, "_prev_node", None)
+        if prev is not None:
+            old = self._identity_of(kite.id, prev.value, kite)
+            if old is not None and self._path_key(old) != path_key:
+                self._delete(self._path_key(old))
+        self._call(self._client.write, path_key, common.kite_value(url, key_id), ttl=seconds)
+
+    def upsert_many(self, records: Iterable[KiteRecord], ttl: float | None = None) -> None:
+        """Upsert concurrently, at most ``pool_size`` at a time; raise the first failure."""
+        records = list(records)
+        for r in records:
+            check_kite(r.kite, r.url)
+            _check_v2_key(r.kite)
+
+        def one(r: KiteRecord) -> StorageError | None:
+            try:
+                self.upsert(r.kite, r.url, r.key_id, ttl)
+            except StorageError as e:
+                return e
+            return None
+
+        errors = [e for e in Pool(self._pool_size).imap_unordered(one, records) if e is not None]
+        if errors:
+            raise errors[0]
+
+    def refresh(self, kite: KiteRef, ttl: float | None) -> bool:
+        ttl = check_ttl(ttl)
+        kid = kite_id(kite)
+        id_key = self._id_key(kid)
+        try:
+            if ttl is None:  # rewriting without a TTL is the only way to drop one
+                current = self._call(self._client.read, id_key)
+                self._call(self._client.write, id_key, current.value, prevExist=True)
+            else:
+                current = self._call(self._client.refresh, id_key, whole_seconds(ttl))
+            identity = self._identity_of(kid, current.value, kite)
+            if identity is None:
+                return False
+            path_key = self._path_key(identity)
+            if ttl is None:
+                url, key_id = common.parse_kite_value(current.value)
+                self._call(self._client.write, path_key, common.kite_value(url, key_id), prevExist=True)
+            else:
+                self._call(self._client.refresh, path_key, whole_seconds(ttl))
+        except etcd.EtcdKeyNotFound:
+            return False
+        return True
+
+    def delete(self, kite: KiteRef) -> bool:
+        kid = kite_id(kite)
+        removed = self._delete(self._id_key(kid))
+        if removed is None and not isinstance(kite, KiteIdentity):
+            return False
+        identity = self._identity_of(kid, removed.value if removed is not None else None, kite)
+        removed_path = self._delete(self._path_key(identity)) if identity is not None else None
+        return removed is not None or removed_path is not None
+
+    def _scan(self, prefix: tuple[str, ...]) -> Iterable[KiteRecord]:
+        key = "/".join([self._kites, *(_segment(p) for p in prefix)])
+        result = self._read(key, recursive=True)
+        if result is None:
+            return []
+        records = []
+        for node in result.leaves:
+            kite = None if node.dir else self._kite_of_key(node.key)
+            if kite is not None and tuple(getattr(kite, f) for f in PATH_FIELDS[: len(prefix)]) == prefix:
+                records.append(KiteRecord(kite, *common.parse_kite_value(node.value)))
+        return records
+
+    def get_by_id(self, kite_id: str) -> KiteRecord | None:
+        node = self._read(self._id_key(kite_id))
+        if node is None or node.dir:
+            return None
+        kite = self._identity_of(kite_id, node.value, "")
+        return KiteRecord(kite, *common.parse_kite_value(node.value)) if kite is not None else None
+
+    def count(self) -> int:
+        result = self._read(self._kites)
+        return 0 if result is None else sum(1 for node in result.leaves if not node.dir)
+
+    # -- watches ------------------------------------------------------------------------
+
+    def watch(self, query: QueryLike, callback: WatchCallback) -> Watcher:
+        q = KontrolQuery.coerce(query).validate()
+        index = self._index()
+        watcher = self._hub.add(q, callback, after_revision=index)
+        if self._pump is None:
+            name = f"etcd2 watch {self._where}{self._kites}"
+            self._pump = EventPump(name, self._follow, index + 1, self._hub.publish)
+        return watcher
+
+    def _index(self) -> int:
+        """etcd's current index (``X-Etcd-Index``)."""
+        return self._call(self._client.read, "/").etcd_index
+
+    def _stop_pump(self) -> None:
+        if self._pump is not None:
+            self._pump.stop()
+            self._pump = None
+
+    def _follow(self, start: int) -> Iterator[tuple[int, list[KiteEvent]]]:
+        """Long-poll ``/kites`` from index ``start``: ``(next index, events)`` per change."""
+        index = start
+        while True:
+            try:
+                result = self._watch_client.watch(self._kites, index=index, timeout=WATCH_POLL_TIMEOUT, recursive=True)
+            except etcd.EtcdWatchTimedOut:
+                continue
+            except etcd.EtcdEventIndexCleared as e:
+                current = (e.payload or {}).get("index") or self._index()
+                log.warning("etcd v2 history no longer has index %d; resuming at %d, events lost", index, current + 1)
+                index = int(current) + 1
+                yield index, []
+                continue
+            index = result.modifiedIndex + 1
+            event = self._decode_event(result)
+            yield index, [event] if event is not None else []
+
+    def _decode_event(self, result: etcd.EtcdResult) -> KiteEvent | None:
+        kite = None if result.dir else self._kite_of_key(result.key)
+        if kite is None:
+            return None
+        prev = getattr(result, "_prev_node", None)
+        if result.action in _REMOVE_ACTIONS:
+            url, key_id = common.parse_kite_value(prev.value if prev else None)
+            return KiteEvent(DEREGISTER, kite, url, key_id, result.modifiedIndex)
+        if result.action in _WRITE_ACTIONS:
+            if prev is not None and prev.value == result.value:
+                return None  # rewritten with the same value (a re-registration or TTL change)
+            return KiteEvent(REGISTER, kite, *common.parse_kite_value(result.value), result.modifiedIndex)
+        return None
+
+    # -- key pairs ----------------------------------------------------------------------
+
+    def add_key_pair(self, id: str, public: str, private: str) -> KeyPair:
+        pair = new_key_pair(id, public, private)
+        public_key = f"{self._publics}/{common.public_key_digest(pair.public)}"
+        try:
+            self._call(self._client.write, public_key, pair.id, prevExist=False)
+        except etcd.EtcdAlreadyExist:
+            raise KeyPairExistsError("a key pair with this public key already exists") from None
+        try:
+            key = f"{self._keys}/{_segment(pair.id)}"
+            self._call(self._client.write, key, json.dumps(pair.to_json()), prevExist=False)
+        except BaseException as e:
+            self._delete(public_key)
+            if isinstance(e, etcd.EtcdAlreadyExist):
+                raise KeyPairExistsError(f"key pair {pair.id} already exists") from None
+            raise
+        return pair
+
+    def _find(self, id: str) -> tuple[KeyPair, int]:
+        node = self._read(f"{self._keys}/{_segment(id)}")
+        if node is None or node.dir:
+            raise KeyPairNotFoundError()
+        return KeyPair.from_json(json.loads(node.value)), node.modifiedIndex
+
+    def get_key_pair(self, id: str) -> KeyPair:
+        return check_usable(self._find(id)[0])
+
+    def get_key_pair_by_public(self, public: str) -> KeyPair:
+        node = self._read(f"{self._publics}/{common.public_key_digest(public.strip())}")
+        if node is None or node.dir:
+            raise KeyPairNotFoundError()
+        return self.get_key_pair(node.value)
+
+    def delete_key_pair(self, id: str) -> None:
+        for attempt in range(CAS_ATTEMPTS):
+            common.contention_pause(attempt)
+            pair, modified = self._find(id)
+            if pair.deleted:
+                return
+            try:
+                value = json.dumps(soft_deleted(pair).to_json())
+                self._call(self._client.write, f"{self._keys}/{_segment(id)}", value, prevIndex=modified)
+                return
+            except etcd.EtcdCompareFailed:
+                continue
+        raise StorageError(f"key pair {id}: too many concurrent updates")
+
+    def list_key_pairs(self, include_deleted: bool = False) -> list[KeyPair]:
+        result = self._read(self._keys, recursive=True)
+        if result is None:
+            return []
+        pairs = (KeyPair.from_json(json.loads(n.value)) for n in result.leaves if not n.dir and n.value)
+        return newest_first(pairs, include_deleted)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._hub.close()
+        self._stop_pump()
+        self._client.http.clear()
+        self._watch_client.http.clear()
