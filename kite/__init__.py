@@ -21,8 +21,18 @@ from .errors import (
 )
 from .kite import Kite
 from .kitekey import KiteKeyError, KiteKeyNotFoundError
+from .kontrolclient import (
+    KeyRenewer,
+    KontrolClient,
+    KontrolError,
+    NoKitesAvailableError,
+    NoKontrolURLError,
+    RegisterError,
+    RegisterURLError,
+    Watcher,
+)
 from .method import RETURN_FIRST, RETURN_LATEST, RETURN_METHOD, Method
-from .protocol import Auth, KiteIdentity
+from .protocol import Auth, KiteIdentity, KontrolQuery, RegisterResult
 from .request import Request
 from .tokenrenewer import TokenRenewer
 
@@ -38,15 +48,24 @@ __all__ = [
     "GenericError",
     "InvalidResponseError",
     "KeyNotTrustedError",
+    "KeyRenewer",
     "Kite",
     "KiteError",
     "KiteIdentity",
     "KiteKeyError",
     "KiteKeyNotFoundError",
+    "KontrolClient",
+    "KontrolError",
+    "KontrolQuery",
     "LocalProtocolError",
     "Method",
     "MethodNotFoundError",
+    "NoKitesAvailableError",
+    "NoKontrolURLError",
     "ProtocolError",
+    "RegisterError",
+    "RegisterResult",
+    "RegisterURLError",
     "RemoteProtocolError",
     "RequestLimitError",
     "Request",
@@ -57,4 +76,5 @@ __all__ = [
     "TimeoutError",
     "TokenRenewer",
     "Value",
+    "Watcher",
 ]

@@ -7,6 +7,7 @@ A kite is named by seven strings (PROTOCOL.md §4.1); its path form is
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -80,3 +81,103 @@ class Auth:
 
     def to_wire(self) -> dict[str, str]:
         return {"type": self.type, "key": self.key}
+
+
+@dataclass
+class KontrolQuery:
+    """A Kontrol query (§4.5): the seven identity fields, ``""`` meaning "any".
+
+    Fields are in Go's order (``username, environment, name, version, region,
+    hostname, id``) and all seven are always sent, as the Go client does.
+    """
+
+    username: str = ""
+    environment: str = ""
+    name: str = ""
+    version: str = ""
+    region: str = ""
+    hostname: str = ""
+    id: str = ""
+
+    def to_wire(self) -> dict[str, str]:
+        """The JSON object: all seven keys, Go's order."""
+        return asdict(self)
+
+    @classmethod
+    def from_any(cls, query: Any = None, **fields: str) -> KontrolQuery:
+        """A query from a :class:`KontrolQuery`, a :class:`KiteIdentity`, a dict, ``None``,
+        and/or keyword fields (which win): ``KontrolQuery.from_any(name="math", username="alice")``.
+
+        ``None`` values count as empty. Raises ``ValueError`` for an unknown field and
+        ``TypeError`` for a non-string value or an unsupported query type.
+        """
+        if query is None:
+            values: dict[str, Any] = {}
+        elif isinstance(query, (KontrolQuery, KiteIdentity)):
+            values = query.to_wire()
+        elif isinstance(query, Mapping):
+            values = dict(query)
+        else:
+            raise TypeError(f"a query must be a dict, KiteIdentity or KontrolQuery, not {type(query).__name__}")
+        values.update(fields)
+        unknown = sorted(set(values) - set(PATH_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown query field(s) {', '.join(map(repr, unknown))}; use {', '.join(PATH_FIELDS)}")
+        for key, value in values.items():
+            if value is None:
+                values[key] = ""
+            elif not isinstance(value, str):
+                raise TypeError(f"query field {key!r} must be a string, not {type(value).__name__}")
+        return cls(**values)
+
+    def __str__(self) -> str:
+        return "/" + "/".join(getattr(self, f) for f in PATH_FIELDS)
+
+
+@dataclass
+class RegisterResult:
+    """Kontrol's answer to ``register`` (websocket or HTTP, §7.2 and §7.7).
+
+    ``heartbeat_interval`` is whole seconds (0 over websocket, where Kontrol
+    drives ``kite.heartbeat`` itself); ``kite_key``/``public_key`` are set after
+    a Kontrol key rotation (§5.7); ``err`` carries an HTTP registration error.
+    """
+
+    url: str = ""
+    heartbeat_interval: int = 0
+    kite_key: str = ""
+    public_key: str = ""
+    err: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object: ``url`` and ``heartbeatInterval`` always, the rest only when non-empty."""
+        out: dict[str, Any] = {}
+        if self.err:
+            out["err"] = self.err
+        out["url"] = self.url
+        out["heartbeatInterval"] = self.heartbeat_interval
+        if self.public_key:
+            out["publicKey"] = self.public_key
+        if self.kite_key:
+            out["kiteKey"] = self.kite_key
+        return out
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> RegisterResult:
+        """Build from a received object; raises ``ValueError`` when it is not one."""
+        if not isinstance(obj, dict):
+            raise ValueError(f"register result must be an object, got {type(obj).__name__}")
+        out = cls()
+        for key, attr in (("url", "url"), ("kiteKey", "kite_key"), ("publicKey", "public_key"), ("err", "err")):
+            value = obj.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise ValueError(f"register result field {key!r} must be a string")
+            setattr(out, attr, value)
+        interval = obj.get("heartbeatInterval")
+        if interval is not None:
+            if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
+                raise ValueError(f"register result heartbeatInterval must be a non-negative number, got {interval!r}")
+            out.heartbeat_interval = int(interval)
+        return out

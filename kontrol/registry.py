@@ -27,7 +27,7 @@ from gevent.pool import Pool
 
 from kite.protocol import KiteIdentity
 
-from .storage import Storage, StorageError, StorageUnavailableError
+from .storage import KiteRecord, Storage, StorageError, StorageUnavailableError
 
 log = logging.getLogger("kontrol.registry")
 
@@ -117,6 +117,13 @@ class Registry:
         self.storage.upsert(kite, url, key_id, self.key_ttl)
         entry.written = True
         self._entries[kite.id] = entry
+
+    def register_many(self, records: list[tuple[KiteIdentity, str, str]], kind: str) -> None:
+        """:meth:`register` many ``(kite, url, key_id)`` at once (one batched storage write)."""
+        self.storage.upsert_many([KiteRecord(kite, url, key_id) for kite, url, key_id in records], self.key_ttl)
+        now = time.monotonic()
+        for kite, url, key_id in records:
+            self._entries[kite.id] = Entry(kite, url, key_id, kind, now, self._next(now), written=True)
 
     def seen(self, kite_id: str) -> bool:
         """A heartbeat from ``kite_id``: ``False`` if it is not registered here (→ "registeragain")."""
