@@ -51,7 +51,8 @@ def square_contender(servers: common.Servers, pair: str, transport: str, scenari
     """A ``square`` row: ``pair`` is ``"CLIENT → SERVER"`` with sides ``python`` / ``kite.js``."""
     client_side, server_side = (x.strip() for x in pair.split("→"))
     conns, conc = SCENARIOS[scenario]
-    url = servers.url(server_side, common.TRANSPORTS[transport][0])
+    kind = common.TRANSPORTS[transport][0]
+    url = servers.url(server_side, kind)
 
     if client_side == "python":
         def measure(n: int, warmup: int) -> common.Stats:
@@ -60,7 +61,7 @@ def square_contender(servers: common.Servers, pair: str, transport: str, scenari
         def measure(n: int, warmup: int) -> common.Stats:
             return common.run_node_client(servers.node_path(), url, transport, "square", "[3]", conns, conc, n, warmup)
 
-    return common.Contender(group, pair, transport, scenario, measure)
+    return common.Contender(group, pair, transport, scenario, measure, server_pid=servers.pid(server_side, kind))
 
 
 def run_matrix(servers: common.Servers, n_ws: int, n_xhr: int, only: str = "") -> list[common.Contender]:
@@ -74,7 +75,7 @@ def run_matrix(servers: common.Servers, n_ws: int, n_xhr: int, only: str = "") -
                 n = n_xhr if transport == "xhr-polling" else n_ws
                 try:
                     c = square_contender(servers, pair, transport, scenario)
-                    c.runs.append(c.measure(n, max(conns * conc, n // 10)))
+                    c.runs.append(c.run(n, max(conns * conc, n // 10)))
                 except Exception as e:  # e.g. a server that did not start
                     c = common.Contender("square", pair, transport, scenario, runs=[common.Stats.failed(n, repr(e))])
                 rows.append(c)
@@ -103,19 +104,10 @@ def main() -> int:
     finally:
         servers.stop()
 
-    table = common.Table(["pair", "transport", "scenario", "calls/s", "p50 ms", "p99 ms"],
-                         right=["calls/s", "p50 ms", "p99 ms"])
-    for c in rows:
-        s = c.runs[0]
-        table.add(c.pair, c.transport, c.scenario, common.fmt(s.rate), common.fmt(s.p50_ms, 3),
-                  common.fmt(s.p99_ms, 3))
     print(f"kite square benchmark: {n_ws} calls per row ({n_xhr} for xhr-polling), "
           f"127.0.0.1, {time.perf_counter() - started:.0f} s total\n{common.machine_info(node)}; {pinning}\n")
-    print(table.render())
-    failed = [c for c in rows if c.runs[0].errors]
-    for c in failed:
-        print(f"! {c.pair} / {c.transport} / {c.scenario}: {c.runs[0].errors} errors; first: {c.runs[0].note}")
-    return 1 if failed else 0
+    print(common.contender_table(rows, spread=False).render())
+    return 1 if common.report_failures(rows) else 0
 
 
 if __name__ == "__main__":
