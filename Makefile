@@ -31,8 +31,10 @@ test: deps
 lint: $(VENV)/.installed
 	$(PY) -m ruff check kite kontrol examples tests bench
 
+# The main job: Kontrol on sqlite, the math kite registered to it, a client finding it.
+# KITE_HOME keeps the generated kite.key and database inside the project.
 run: $(VENV)/.installed
-	$(PY) -m examples.math.run
+	KITE_HOME=$(CURDIR)/.kite-home $(PY) -m examples.quickstart
 
 bench: deps
 	$(PY) bench/run.py

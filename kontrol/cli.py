@@ -11,17 +11,23 @@ run generates one, writes it next to the kite.key and stores it.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import signal
-import sys
+from gevent import monkey
 
-from kite import kitekey
-from kite.config import Config
+monkey.patch_all()  # a server entry point: patch before anything imports socket or ssl
 
-from .keypairs import generate_pem_pair
-from .kontrol import DEFAULT_PORT, Kontrol
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+
+from kite import kitekey  # noqa: E402
+from kite.config import Config  # noqa: E402
+
+from .keypairs import generate_pem_pair  # noqa: E402
+from .kontrol import DEFAULT_PORT, Kontrol  # noqa: E402
 
 log = logging.getLogger("kontrol")
 
@@ -62,6 +68,7 @@ def storage_url(args: argparse.Namespace) -> str:
     """The storage to open, from --storage and --machines."""
     kind = args.storage
     if kind == "sqlite":
+        os.makedirs(kitekey.kite_home(), mode=0o700, exist_ok=True)
         return os.path.join(kitekey.kite_home(), "kontrol.db")
     if kind in ("etcd", "etcd2"):
         machine = (args.machines.split(",")[0] if args.machines else "127.0.0.1:2379").removeprefix("http://")
@@ -127,11 +134,6 @@ def initial(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``kontrol`` console script and ``python -m kontrol``."""
-    from gevent import monkey
-
-    monkey.patch_all()
-    import gevent
-
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

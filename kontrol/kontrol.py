@@ -76,6 +76,7 @@ class Kontrol:
         self.registry = Registry(self.storage, **registry_options)
         self.tokens = TokenIssuer(self.keypairs, self.username, token_ttl, token_leeway)
         self.machine_authenticator = machine_authenticator
+        self._closing = False
         self._watchers: dict[Client, dict[str, Watcher]] = {}
         self._registered: dict[Client, set[str]] = {}
         k = self.kite
@@ -168,7 +169,12 @@ class Kontrol:
     def _on_disconnect(self, client: Client) -> None:
         for watcher in self._watchers.pop(client, {}).values():
             watcher.cancel()
-        for kite_id in self._registered.pop(client, ()):
+        kite_ids = self._registered.pop(client, ())
+        if self._closing:
+            # Kontrol is stopping, not the kite: keep its entry (it expires by TTL unless the
+            # kite re-registers with the next Kontrol), so finding it never has a gap.
+            return
+        for kite_id in kite_ids:
             self.registry.deregister(kite_id)
 
     # -- serving --------------------------------------------------------------------------
@@ -184,7 +190,8 @@ class Kontrol:
         self.kite.run()
 
     def close(self) -> None:
-        """Stop serving, stop refreshing, close the storage."""
+        """Stop serving, stop refreshing, close the storage (registered kites stay until their TTL)."""
+        self._closing = True
         self.registry.stop()
         for watchers in self._watchers.values():
             for watcher in watchers.values():

@@ -4,6 +4,10 @@ Run it standalone::
 
     python -m examples.math.server --port 3636
 
+or registered to the Kontrol named in its kite.key (see ``examples/quickstart.py``)::
+
+    python -m examples.math.server --port 3636 --register
+
 or under gunicorn (a Kite is a WSGI app)::
 
     gunicorn -k kite.server.GeventKiteWorker -b 127.0.0.1:3636 examples.math.server:app
@@ -50,10 +54,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ip", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3636)
+    parser.add_argument("--register", action="store_true", help="register to Kontrol (URL from kite.key)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app.config.ip, app.config.port = args.ip, args.port
-    app.run()
+    if not args.register:
+        app.run()
+        return
+    import gevent
+
+    server = gevent.spawn(app.run)
+    app.server_ready_notify().wait()
+    app.register_forever(app.url)  # re-registers by itself whenever Kontrol comes back
+    server.join()
 
 
 if __name__ == "__main__":
