@@ -83,9 +83,11 @@ class Auth:
         return {"type": self.type, "key": self.key}
 
 
-@dataclass
+@dataclass(frozen=True)
 class KontrolQuery:
     """A Kontrol query (§4.5): the seven identity fields, ``""`` meaning "any".
+
+    Kontrol's storage extends it with the matching rules (``kontrol.storage.query``).
 
     Fields are in Go's order (``username, environment, name, version, region,
     hostname, id``) and all seven are always sent, as the Go client does.

@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+import gevent
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -69,11 +70,25 @@ class KeyPairs:
         """Generate and store a new pair; it becomes the current one."""
         return self.add(*generate_pem_pair())
 
-    def rotate(self) -> KeyPair:
-        """Start a rotation: a new current pair; the others keep verifying until :meth:`retire`."""
+    def rotate(self, grace: float | None = None) -> KeyPair:
+        """Start a rotation: a new current pair; the others keep verifying until retired.
+
+        With ``grace`` (seconds) the pairs that were current before are retired
+        after that long, in the background; without it call :meth:`retire` yourself.
+        """
+        old = [p.id for p in self.storage.list_key_pairs()]
         pair = self.generate()
         log.info("key rotation: new key pair %s is current", pair.id)
+        if grace is not None:
+            gevent.spawn_later(grace, self._retire_all, old)
         return pair
+
+    def _retire_all(self, pair_ids: list[str]) -> None:
+        for pair_id in pair_ids:
+            try:
+                self.retire(pair_id)
+            except Exception:
+                log.exception("retiring key pair %s failed", pair_id)
 
     def retire(self, pair_id: str) -> None:
         """Soft-delete a pair: still trusted for kite keys (re-signed on register), no longer signing."""

@@ -23,9 +23,10 @@ query means the same thing on memory, sqlite, etcd v3 and etcd v2:
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
+from kite import protocol
 from kite.protocol import PATH_FIELDS, KiteIdentity
 
 from .errors import InvalidQueryError
@@ -49,16 +50,8 @@ def _parse_constraints(text: str) -> Constraints | None:
 
 
 @dataclass(frozen=True)
-class KontrolQuery:
-    """The seven-field query (``protocol.KontrolQuery``); its keys are the Kite keys."""
-
-    username: str = ""
-    environment: str = ""
-    name: str = ""
-    version: str = ""
-    region: str = ""
-    hostname: str = ""
-    id: str = ""
+class KontrolQuery(protocol.KontrolQuery):
+    """:class:`kite.protocol.KontrolQuery` with Kontrol's validation and matching rules."""
 
     # -- construction -------------------------------------------------------------------
 
@@ -82,18 +75,13 @@ class KontrolQuery:
         """Accept a query, a kite identity or a wire object."""
         if isinstance(query, KontrolQuery):
             return query
+        if isinstance(query, protocol.KontrolQuery):
+            return cls(**query.to_wire())
         if isinstance(query, KiteIdentity):
             return cls.from_kite(query)
         if isinstance(query, dict):
             return cls.from_wire(query)
         raise TypeError(f"expected a KontrolQuery, KiteIdentity or dict, not {type(query).__name__}")
-
-    def to_wire(self) -> dict[str, str]:
-        """The JSON object, all seven keys in Go's order."""
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return "/" + "/".join(getattr(self, f) for f in PATH_FIELDS)
 
     # -- validation ---------------------------------------------------------------------
 

@@ -264,3 +264,11 @@ def test_two_kontrols_share_one_etcd(backend):
     finally:
         a.close()
         b.close()
+
+
+def test_rotation_with_a_grace_period_retires_the_old_pair_later(kontrol):
+    old = kontrol.keypairs.current()
+    new = kontrol.keypairs.rotate(grace=0.5)
+    assert kontrol.keypairs.by_public(old.public) == old  # still valid during the grace period
+    wait_until(lambda: kontrol.storage.list_key_pairs() == [new])
+    assert kontrol.keypairs.by_public(old.public, allow_deleted=True).id == old.id
