@@ -29,9 +29,13 @@ log = logging.getLogger("kontrol.keypairs")
 
 #: Bits of the RSA keys Kontrol generates (what ``openssl genrsa`` gives by default).
 RSA_BITS = 2048
-#: Seconds the current pair is remembered before asking the storage again, so that
-#: a rotation made by another Kontrol on the same storage is seen within this time.
-CURRENT_PAIR_TTL = 10.0
+#: Seconds a key pair lookup (the current pair, a pair by id or public key, and
+#: "deleted"/"not found" answers) is remembered before asking the storage again:
+#: a rotation or retirement made by another Kontrol on the same storage is seen
+#: within this time. Without it every getKites result cost an etcd round trip.
+LOOKUP_TTL = 10.0
+#: Lookups remembered at most (a peer can present any public key; real ones are few).
+LOOKUP_CACHE_SIZE = 1024
 
 
 def generate_pem_pair(bits: int = RSA_BITS) -> tuple[str, str]:
@@ -56,6 +60,8 @@ class KeyPairs:
         self._private_keys: dict[str, Any] = {}
         self._current: KeyPair | None = None
         self._current_until = 0.0
+        # (kind, key) -> (deadline, pair or the KeyPairError to raise)
+        self._lookups: dict[tuple[str, str], tuple[float, Any]] = {}
 
     def add(self, public: str, private: str, id: str = "") -> KeyPair:
         """Store a pair (or return the stored one with the same public key)."""
@@ -63,8 +69,28 @@ class KeyPairs:
             pair = self.storage.add_key_pair(id, public, private)
         except KeyPairExistsError:
             pair = self.by_public(public, allow_deleted=True)
-        self._current = None
+        self._forget()
         return pair
+
+    def _forget(self) -> None:
+        """Drop what was remembered (after a change made here)."""
+        self._current = None
+        self._lookups.clear()
+
+    def _lookup(self, kind: str, key: str, fetch: Any) -> KeyPair:
+        now = time.monotonic()
+        hit = self._lookups.get((kind, key))
+        if hit is None or hit[0] <= now:
+            try:
+                value: Any = fetch(key)
+            except (KeyPairDeletedError, KeyPairNotFoundError) as exc:
+                value = exc
+            if len(self._lookups) > LOOKUP_CACHE_SIZE:
+                self._lookups.clear()
+            hit = self._lookups[(kind, key)] = (now + LOOKUP_TTL, value)
+        if isinstance(hit[1], Exception):
+            raise hit[1]
+        return hit[1]
 
     def generate(self) -> KeyPair:
         """Generate and store a new pair; it becomes the current one."""
@@ -93,7 +119,7 @@ class KeyPairs:
     def retire(self, pair_id: str) -> None:
         """Soft-delete a pair: still trusted for kite keys (re-signed on register), no longer signing."""
         self.storage.delete_key_pair(pair_id)
-        self._current = None
+        self._forget()
         log.info("key pair %s retired", pair_id)
 
     def current(self) -> KeyPair:
@@ -102,13 +128,13 @@ class KeyPairs:
         if self._current is None or now >= self._current_until:
             pairs = self.storage.list_key_pairs()
             self._current = pairs[0] if pairs else self.generate()
-            self._current_until = now + CURRENT_PAIR_TTL
+            self._current_until = now + LOOKUP_TTL
         return self._current
 
     def by_public(self, public: str, allow_deleted: bool = False) -> KeyPair:
         """The pair with this public key; ``KeyPairDeletedError`` for a retired one unless allowed."""
         try:
-            return self.storage.get_key_pair_by_public(public.strip())
+            return self._lookup("public", public.strip(), self.storage.get_key_pair_by_public)
         except KeyPairDeletedError as exc:
             if allow_deleted and exc.key_pair is not None:
                 return exc.key_pair
@@ -117,7 +143,7 @@ class KeyPairs:
     def by_id(self, pair_id: str, allow_deleted: bool = False) -> KeyPair:
         """The pair with this id; ``KeyPairDeletedError`` for a retired one unless allowed."""
         try:
-            return self.storage.get_key_pair(pair_id)
+            return self._lookup("id", pair_id, self.storage.get_key_pair)
         except KeyPairDeletedError as exc:
             if allow_deleted and exc.key_pair is not None:
                 return exc.key_pair
