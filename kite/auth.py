@@ -15,7 +15,7 @@ What this module checks beyond the Go kite (stricter, never looser):
 * only ``RS256`` is accepted, before anything else is trusted: ``none``, the HS*
   family (including the HS256-keyed-with-the-public-key confusion) and other
   RSA variants are refused;
-* a credential longer than :data:`MAX_JWT_LENGTH` is refused before decoding;
+* a credential longer than :data:`kite.jws.MAX_JWT_LENGTH` is refused before decoding;
 * tokens must carry ``exp`` and a non-empty ``iss``;
 * kite keys must belong to the callee's own user unless the method is opened to
   other users or ``Config.kite_key_any_user`` is set (see :class:`Verifier`).
@@ -26,32 +26,24 @@ a bad signature is reported as ``token is expired``, like the original, so that
 Go and Python callers fetch a fresh token after a Kontrol key rotation.
 
 Costs: parsing a PEM is cheap for public keys but this module still parses each
-distinct PEM once (:func:`load_public_key` is an LRU cache), and remembers each
+distinct PEM once (:func:`kite.jws.load_public_key` is an LRU cache), and remembers each
 successfully verified credential until it expires (:class:`Verifier`), so a
 repeated call with the same token costs a dict lookup.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
-import json
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .config import DEFAULT_AUTH_LEEWAY
 from .errors import AuthenticationError, KiteError
+from .jws import JWT, decode_jwt, load_public_key, require_rs256, signature_valid
 from .protocol import KiteIdentity
 
 if TYPE_CHECKING:
@@ -64,14 +56,7 @@ log = logging.getLogger("kite.auth")
 KITE_KEY = "kiteKey"
 TOKEN = "token"
 
-#: The only signing algorithm accepted (Kontrol signs kite keys and tokens with it).
-ALGORITHM = "RS256"
 
-#: Longest credential accepted, in characters. A kite key carrying a 4096-bit
-#: ``kontrolKey`` PEM is about 2.3 KB and Kontrol tokens are under 1 KB; 16 KiB
-#: leaves room for extra claims while a peer cannot make us base64- and
-#: JSON-decode megabytes on every call.
-MAX_JWT_LENGTH = 16 * 1024
 
 #: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat`` by default
 #: (``Config.auth_leeway``; the reason for the value is given there).
@@ -90,13 +75,10 @@ TRUST_CACHE_SIZE = 256
 #: token or kite key is plenty; older entries are evicted first).
 RESULT_CACHE_SIZE = 1024
 
-#: Parsed RSA public keys kept (one per Kontrol key pair seen).
-KEY_CACHE_SIZE = 64
 
 #: Message of a signature failure on a token: the Go kite's, so callers renew (§5.5).
 TOKEN_EXPIRED = "token is expired"
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class KeyNotTrustedError(AuthenticationError):
@@ -108,95 +90,6 @@ class KeyNotTrustedError(AuthenticationError):
 
     def __init__(self, message: str = "kontrol key is not trusted", **kwargs: Any):
         super().__init__(message, **kwargs)
-
-
-# --------------------------------------------------------------------------- JWT primitives
-
-
-@dataclass(frozen=True)
-class JWT:
-    """A decoded, **not yet verified** JWS compact token."""
-
-    raw: str
-    header: dict[str, Any]
-    claims: dict[str, Any]
-    signing_input: bytes
-    signature: bytes
-
-
-def _b64decode(segment: str, what: str) -> bytes:
-    if _B64URL.fullmatch(segment) is None:
-        raise AuthenticationError(f"token is malformed: {what} is not base64url")
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise AuthenticationError(f"token is malformed: {what} is not base64url") from None
-
-
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (ValueError, RecursionError):
-        raise AuthenticationError(f"token is malformed: {what} is not JSON") from None
-    if not isinstance(value, dict):
-        raise AuthenticationError(f"token is malformed: {what} is not a JSON object")
-    return value
-
-
-def decode_jwt(token: Any) -> JWT:
-    """Split and decode a compact JWS without verifying it.
-
-    Raises :class:`~kite.errors.AuthenticationError` for anything that is not a
-    well-formed token of at most :data:`MAX_JWT_LENGTH` characters.
-    """
-    if not isinstance(token, str):
-        raise AuthenticationError("token is malformed: not a string")
-    if len(token) > MAX_JWT_LENGTH:
-        raise AuthenticationError(f"token is too long: {len(token)} characters (limit {MAX_JWT_LENGTH})")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise AuthenticationError("token contains an invalid number of segments")
-    header = _json_object(_b64decode(parts[0], "header"), "header")
-    claims = _json_object(_b64decode(parts[1], "claims"), "claims")
-    signature = _b64decode(parts[2], "signature")
-    return JWT(token, header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
-
-
-def require_rs256(jwt: JWT) -> None:
-    """Refuse every algorithm but RS256 (and tokens with critical extensions we do not know)."""
-    alg = jwt.header.get("alg")
-    if alg != ALGORITHM:
-        raise AuthenticationError(f"invalid signing method: {alg!r} (only {ALGORITHM} is accepted)")
-    if "crit" in jwt.header:
-        raise AuthenticationError("token is malformed: unsupported critical header")
-
-
-def signature_valid(key: rsa.RSAPublicKey, jwt: JWT) -> bool:
-    """True if ``jwt`` carries a valid RS256 signature by ``key``."""
-    try:
-        key.verify(jwt.signature, jwt.signing_input, padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        return False
-    return True
-
-
-@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
-def load_public_key(pem: str) -> rsa.RSAPublicKey:
-    """Parse an RSA public key PEM (PKIX, PKCS#1 or a certificate) once; later calls hit the cache.
-
-    Raises ``ValueError`` when the text is not an RSA public key.
-    """
-    data = pem.encode("utf-8", "replace") if isinstance(pem, str) else pem
-    try:
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            key = x509.load_pem_x509_certificate(data).public_key()
-        else:
-            key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"not a PEM public key ({exc})") from None
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError("not an RSA public key")
-    return key
 
 
 def go_duration(seconds: float) -> str:
