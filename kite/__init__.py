@@ -21,15 +21,13 @@ from .errors import (
 )
 from .kite import Kite
 from .kitekey import KiteKeyError, KiteKeyNotFoundError
-from .kontrolclient import (
-    KeyRenewer,
-    KontrolClient,
+from .kontrolclient import KeyRenewer, KontrolClient, Watcher
+from .kontrolerrors import (
     KontrolError,
     NoKitesAvailableError,
     NoKontrolURLError,
     RegisterError,
     RegisterURLError,
-    Watcher,
 )
 from .method import RETURN_FIRST, RETURN_LATEST, RETURN_METHOD, Method
 from .protocol import Auth, KiteIdentity, KontrolQuery, RegisterResult

@@ -34,10 +34,10 @@ from .errors import (
     to_kite_error,
 )
 from .kontrolclient import KeyRenewer, KontrolClient, Watcher
-from .kontrolclient import register_url as _register_url
 from .log import new_logger, setup_signal_handler
 from .method import RETURN_METHOD, Handler, HandlerFunc, Method, as_handler
 from .protocol import Auth, KiteIdentity, RegisterResult, validate_name_version
+from .registerurl import register_url as _register_url
 from .request import Request
 
 #: Path prefix of the SockJS endpoint, as in Go kites.

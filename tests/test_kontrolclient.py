@@ -29,6 +29,7 @@ from kite import (
     TokenRenewer,
     auth,
     kontrolclient,
+    registerurl,
     testkeys,
     testutil,
 )
@@ -440,7 +441,7 @@ def test_unreachable_or_unconfigured_kontrol(new_kite):
 def test_register_url(new_kite):
     k = new_kite("app", "", port=4567)
     try:
-        local = kontrolclient.local_ipv4()
+        local = registerurl.local_ipv4()
     except RegisterURLError:
         pytest.skip("this host has no non-loopback IPv4 address")
     assert not local.startswith("127.")
