@@ -1,7 +1,5 @@
 """A real kite served over real sockets, called by real clients over every transport."""
 
-import datetime
-import ipaddress
 import json
 import os
 import socket
@@ -13,7 +11,7 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from kite import ArgumentError, DisconnectError, GenericError, Kite, MethodNotFoundError, websocket
+from kite import ArgumentError, DisconnectError, GenericError, Kite, MethodNotFoundError, testkeys, websocket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRANSPORTS = ["websocket", "xhr_polling", "xhr_streaming", "auto", "raw"]
@@ -246,30 +244,7 @@ def test_ipv6():
 
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    cert_pem, key_pem = testkeys.tls_cert_pem(), testkeys.tls_key_pem()
     cert_file = tmp_path_factory.mktemp("tls") / "cert.pem"
     cert_file.write_text(cert_pem)
     return cert_pem, key_pem, str(cert_file)
