@@ -30,6 +30,8 @@ Path = list  # list[int | str]
 
 #: Go prints floats from 1e21 up in exponent form; below that, whole floats as integers.
 _GO_EXPONENT_FROM = 1e21
+#: Types that go on the wire as they are (exact types: bool is its own).
+_PLAIN = frozenset((str, int, bool, type(None)))
 
 
 
@@ -91,19 +93,16 @@ class Scrubber:
         floats become integers, as Go writes them. Containers with nothing to
         change are returned as they are (not copied).
         """
-        if type(value) is float:
-            # Go encodes a whole float64 without a fraction (49, not 49.0), and Go
-            # peers cannot decode 49.0 into an int: write whole floats as integers.
-            if value.is_integer() and -_GO_EXPONENT_FROM < value < _GO_EXPONENT_FROM:
-                return int(value)
-            if not math.isfinite(value):
-                raise LocalProtocolError(f"cannot send {value} as JSON")
+        kind = type(value)
+        if kind in _PLAIN:
             return value
-        if isinstance(value, (str, int, bool)) or value is None:
-            return value
+        if kind is float:
+            return _wire_float(value)
         if isinstance(value, dict):
             out = None
             for key, item in value.items():
+                if type(item) in _PLAIN:
+                    continue  # the common case: no call, no path built
                 new = self.scrub(item, [*path, key], callbacks)
                 if new is not item:
                     if out is None:
@@ -113,6 +112,8 @@ class Scrubber:
         if isinstance(value, (list, tuple)):
             out = None
             for index, item in enumerate(value):
+                if type(item) in _PLAIN:
+                    continue
                 new = self.scrub(item, [*path, index], callbacks)
                 if new is not item:
                     if out is None:
@@ -121,10 +122,22 @@ class Scrubber:
             if out is not None:
                 return out
             return value if isinstance(value, list) else list(value)
+        if isinstance(value, (str, int)):  # subclasses (enums, ...): as they are
+            return value
         if _is_function(value):
             callbacks[str(self.register(value))] = path
             return FUNCTION_PLACEHOLDER
         return value
+
+
+def _wire_float(value: float) -> float | int:
+    # Go encodes a whole float64 without a fraction (49, not 49.0), and Go peers
+    # cannot decode 49.0 into an int: write whole floats as integers.
+    if value.is_integer() and -_GO_EXPONENT_FROM < value < _GO_EXPONENT_FROM:
+        return int(value)
+    if not math.isfinite(value):
+        raise LocalProtocolError(f"cannot send {value} as JSON")
+    return value
 
 
 def encode_message(method: str | int, arguments: list, callbacks: dict[str, list]) -> str:
