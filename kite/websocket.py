@@ -203,6 +203,34 @@ class WebSocket:
         """Send a ping (at most 125 bytes of payload); the peer's pong is ignored."""
         self._send(encode_frame(wsframes.OP_PING, payload[: wsframes.MAX_CONTROL_PAYLOAD], self._client))
 
+    def text_frame(self, text: str) -> bytes:
+        """The bytes of one text message as this side sends it (masked on the client)."""
+        return encode_frame(wsframes.OP_TEXT, text.encode("utf-8"), self._client)
+
+    def send_nowait(self, data: bytes) -> bytes | None:
+        """Write what the socket takes right now, without waiting -- callable from the hub.
+
+        Returns the unsent tail (``b""`` when everything went), or ``None`` when
+        nothing could be tried: another send is under way, the socket is TLS or
+        not a gevent socket, or the connection is closing. The caller must send the
+        tail (with :meth:`send_frames`) before anything else.
+        """
+        raw = getattr(self._sock, "_sock", None)
+        if raw is None or self.closed or self._send_lock.locked() or type(self._sock) is not gsocket.socket:
+            return None
+        try:
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._teardown()
+            return None
+        return data[sent:]
+
+    def send_frames(self, data: bytes) -> None:
+        """Send already-framed bytes (e.g. the tail :meth:`send_nowait` left), waiting as needed."""
+        self._send(data)
+
     def _send(self, data: bytes) -> None:
         with self._send_lock:
             if self.closed:

@@ -88,9 +88,10 @@ class ServerSession(Session):
 class WebSocketSession(ServerSession):
     """A session on one WebSocket, SockJS-framed or raw (one text message per message).
 
-    ``recv`` reads the socket in the caller's greenlet; a writer greenlet sends
-    ``o``, the coalesced frames and the heartbeats (``h``, or WebSocket pings on
-    raw connections), and finally the close.
+    ``recv`` reads the socket in the caller's greenlet. Sends queued in one loop
+    turn are flushed together at the end of the turn by a hub callback that
+    writes without waiting; whatever would have to wait (a full socket, TLS, the
+    ``o``/``h`` frames, the close) goes to a writer greenlet.
     """
 
     def __init__(self, ws: websocket.WebSocket, *, sockjs: bool, heartbeat_interval: float, session_id: str = ""):
@@ -102,6 +103,37 @@ class WebSocketSession(ServerSession):
         self._ws_done = False
         self._beat_due = False
         self._writer: gevent.Greenlet | None = None
+        self._writer_idle = False  # parked with nothing to write: the hub may write directly
+        self._flush_scheduled = False
+        self._tail = b""  # frame bytes a direct write left unsent: the writer sends them first
+        self._loop = gevent.get_hub().loop
+
+    def send(self, message: str) -> None:
+        if self._closed:
+            raise SessionClosed(f"session {self.id} to {self.remote_addr} is closed")
+        self._pending.append(message)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.run_callback(self._flush)
+
+    def _flush(self) -> None:
+        """End of the loop turn, in the hub: write the turn's messages as one frame, or wake the writer."""
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        if self._tail or not self._writer_idle or self._closed:
+            self._wakeup.set()  # the writer has something to send first, or is busy: it takes these too
+            return
+        messages, self._pending = self._pending, []
+        text = encode_messages(messages) if self._sockjs else None
+        data = self._ws.text_frame(text) if text is not None else b"".join(map(self._ws.text_frame, messages))
+        tail = self._ws.send_nowait(data)
+        if tail is None:  # could not write now: the writer will
+            self._pending[:0] = messages
+            self._wakeup.set()
+        elif tail:
+            self._tail = tail
+            self._wakeup.set()
 
     def start(self) -> None:
         self._writer = gevent.spawn(self._write_loop)
@@ -143,6 +175,10 @@ class WebSocketSession(ServerSession):
             if self._sockjs:
                 ws.send_text(OPEN)
             while True:
+                if self._tail:
+                    tail, self._tail = self._tail, b""
+                    ws.send_frames(tail)
+                    continue
                 if self._pending:
                     messages, self._pending = self._pending, []
                     if self._sockjs:
@@ -161,7 +197,9 @@ class WebSocketSession(ServerSession):
                         ws.ping()
                     continue
                 self._wakeup.clear()
+                self._writer_idle = True
                 self._wakeup.wait()
+                self._writer_idle = False
         except websocket.WebSocketClosed:
             pass
         except Exception:
