@@ -41,6 +41,7 @@ from gevent.queue import Queue
 from kite import websocket
 from kite.errors import RemoteProtocolError
 from kite.session import Session, SessionClosed
+from kite.sockjs.flush import HubFlush
 from kite.sockjs.frames import (
     KIND_CLOSE,
     KIND_MESSAGES,
@@ -114,6 +115,7 @@ class _ClientSession(Session):
         self._wakeup = Event()
         self._closed = False
         self._closed_locally = False  # by close(): recv drops what is still queued
+        self._writer_idle = False  # parked in the writer loop
         self._writer = gevent.spawn(self._write_loop)
 
     def send(self, message: str) -> None:
@@ -145,6 +147,8 @@ class _ClientSession(Session):
     def _write_loop(self) -> None:
         try:
             while True:
+                if self._send_tail():
+                    continue
                 if self._pending:
                     messages, self._pending = self._pending, []
                     self._write(messages)
@@ -152,7 +156,9 @@ class _ClientSession(Session):
                 if self._closed:
                     break
                 self._wakeup.clear()
+                self._writer_idle = True
                 self._wakeup.wait()
+                self._writer_idle = False
         except Exception as exc:
             log.info("sending to %s failed: %s", self.remote_addr, exc)
             self._ended()
@@ -168,6 +174,10 @@ class _ClientSession(Session):
     def _write(self, messages: list[str]) -> None:
         raise NotImplementedError
 
+    def _send_tail(self) -> bool:
+        """Hook for the writer: send bytes a direct write left over (none here)."""
+        return False
+
     def _on_close(self) -> None:
         """Hook: the session just became closed (wake readers)."""
 
@@ -175,15 +185,26 @@ class _ClientSession(Session):
         """Hook, in the writer greenlet after the last flush: release the transport."""
 
 
-class _WebSocketClientSession(_ClientSession):
-    """A dialed WebSocket, SockJS-framed or raw."""
+class _WebSocketClientSession(HubFlush, _ClientSession):
+    """A dialed WebSocket, SockJS-framed or raw; sends are flushed at the end of each loop turn."""
 
     def __init__(self, ws: websocket.WebSocket, sockjs: bool):
         self._ws = ws
         self._sockjs = sockjs
         self._inbox: deque[str] = deque()
         self._recv_done = False
+        self._init_flush()
         super().__init__(ws.remote_addr)
+
+    def send(self, message: str) -> None:
+        if self._closed:
+            raise SessionClosed(f"session to {self.remote_addr} is closed")
+        self._queue(message)
+
+    def _frame(self, messages: list[str]) -> bytes:
+        if self._sockjs:
+            return self._ws.text_frame(encode_client_payload(messages))
+        return b"".join(map(self._ws.text_frame, messages))
 
     def recv(self) -> str | None:
         while True:

@@ -21,6 +21,7 @@ from gevent.queue import Queue
 from kite import websocket
 from kite.errors import RemoteProtocolError
 from kite.session import Session, SessionClosed
+from kite.sockjs.flush import HubFlush
 from kite.sockjs.frames import (
     ANOTHER_CONNECTION,
     GO_AWAY,
@@ -85,7 +86,7 @@ class ServerSession(Session):
         return f"<{type(self).__name__} {self.id} {self.remote_addr} closed={self._closed}>"
 
 
-class WebSocketSession(ServerSession):
+class WebSocketSession(HubFlush, ServerSession):
     """A session on one WebSocket, SockJS-framed or raw (one text message per message).
 
     ``recv`` reads the socket in the caller's greenlet. Sends queued in one loop
@@ -103,37 +104,17 @@ class WebSocketSession(ServerSession):
         self._ws_done = False
         self._beat_due = False
         self._writer: gevent.Greenlet | None = None
-        self._writer_idle = False  # parked with nothing to write: the hub may write directly
-        self._flush_scheduled = False
-        self._tail = b""  # frame bytes a direct write left unsent: the writer sends them first
-        self._loop = gevent.get_hub().loop
+        self._init_flush()
 
     def send(self, message: str) -> None:
         if self._closed:
             raise SessionClosed(f"session {self.id} to {self.remote_addr} is closed")
-        self._pending.append(message)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.run_callback(self._flush)
+        self._queue(message)
 
-    def _flush(self) -> None:
-        """End of the loop turn, in the hub: write the turn's messages as one frame, or wake the writer."""
-        self._flush_scheduled = False
-        if not self._pending:
-            return
-        if self._tail or not self._writer_idle or self._closed:
-            self._wakeup.set()  # the writer has something to send first, or is busy: it takes these too
-            return
-        messages, self._pending = self._pending, []
-        text = encode_messages(messages) if self._sockjs else None
-        data = self._ws.text_frame(text) if text is not None else b"".join(map(self._ws.text_frame, messages))
-        tail = self._ws.send_nowait(data)
-        if tail is None:  # could not write now: the writer will
-            self._pending[:0] = messages
-            self._wakeup.set()
-        elif tail:
-            self._tail = tail
-            self._wakeup.set()
+    def _frame(self, messages: list[str]) -> bytes:
+        if self._sockjs:
+            return self._ws.text_frame(encode_messages(messages))
+        return b"".join(map(self._ws.text_frame, messages))
 
     def start(self) -> None:
         self._writer = gevent.spawn(self._write_loop)
@@ -175,9 +156,7 @@ class WebSocketSession(ServerSession):
             if self._sockjs:
                 ws.send_text(OPEN)
             while True:
-                if self._tail:
-                    tail, self._tail = self._tail, b""
-                    ws.send_frames(tail)
+                if self._send_tail():
                     continue
                 if self._pending:
                     messages, self._pending = self._pending, []

@@ -1,0 +1,73 @@
+"""End-of-turn flushing for sessions on one WebSocket, shared by the server and the client side.
+
+Messages sent within one turn of the event loop are queued; a hub callback at
+the end of the turn frames them together and writes them without waiting when
+the socket takes them. Only what would wait (a full socket, TLS, a busy
+writer) is left to the session's writer greenlet, which sends :attr:`_tail`
+(bytes a direct write left over) before anything else.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import gevent
+
+if TYPE_CHECKING:
+    from gevent.event import Event
+
+    from kite.websocket import WebSocket
+
+
+class HubFlush:
+    """Mixin for a session with ``_pending``, ``_closed``, ``_wakeup`` and ``_ws``.
+
+    The session's ``send`` calls :meth:`_queue`; its writer loop sets
+    :attr:`_writer_idle` while parked and sends :attr:`_tail` first.
+    """
+
+    _pending: list[str]
+    _closed: bool
+    _wakeup: Event
+    _ws: WebSocket
+
+    def _init_flush(self) -> None:
+        self._writer_idle = False  # parked with nothing to write: the hub may write directly
+        self._flush_scheduled = False
+        self._tail = b""
+        self._loop = gevent.get_hub().loop
+
+    def _frame(self, messages: list[str]) -> bytes:
+        """The bytes that carry ``messages`` (one SockJS frame, or one WebSocket frame each)."""
+        raise NotImplementedError
+
+    def _send_tail(self) -> bool:
+        """In the writer: send what a direct write left over; ``False`` if there was nothing."""
+        if not self._tail:
+            return False
+        tail, self._tail = self._tail, b""
+        self._ws.send_frames(tail)
+        return True
+
+    def _queue(self, message: str) -> None:
+        self._pending.append(message)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.run_callback(self._flush)
+
+    def _flush(self) -> None:
+        """In the hub, at the end of the turn: write the turn's messages, or leave them to the writer."""
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        if self._tail or not self._writer_idle or self._closed:
+            self._wakeup.set()  # the writer has something to send first, or is busy: it takes these too
+            return
+        messages, self._pending = self._pending, []
+        tail = self._ws.send_nowait(self._frame(messages))
+        if tail is None:  # could not write now: the writer will
+            self._pending[:0] = messages
+            self._wakeup.set()
+        elif tail:
+            self._tail = tail
+            self._wakeup.set()
