@@ -308,16 +308,9 @@ class Verifier:
             return hit[0]
         jwt = decode_jwt(key)
         require_rs256(jwt)
-        pem = jwt.claims.get("kontrolKey")
-        if not isinstance(pem, str) or not pem:
-            raise AuthenticationError("no kontrol key found")
+        pem = _kontrol_key_claim(jwt)
         trusted_until = self._trust_deadline(pem, now)
-        try:
-            public_key = load_public_key(pem)
-        except ValueError as exc:
-            raise AuthenticationError(f"invalid kontrol key: {exc}") from None
-        if not signature_valid(public_key, jwt):
-            raise AuthenticationError("signature is invalid")
+        _check_signed_by(pem, jwt)
         exp = check_time_claims(jwt.claims, now, self.leeway)
         username = _string_claim(jwt.claims, "sub")
         if not username:
@@ -407,14 +400,24 @@ def kite_key_claims(key: str, now: float | None = None, leeway: float = DEFAULT_
     claim, time claims valid. Returns the claims; raises ``AuthenticationError``."""
     jwt = decode_jwt(key)
     require_rs256(jwt)
+    _check_signed_by(_kontrol_key_claim(jwt), jwt)
+    check_time_claims(jwt.claims, time.time() if now is None else now, leeway)
+    return jwt.claims
+
+
+def _kontrol_key_claim(jwt: JWT) -> str:
+    """The ``kontrolKey`` PEM a kite key carries (§5.1)."""
     pem = jwt.claims.get("kontrolKey")
     if not isinstance(pem, str) or not pem:
         raise AuthenticationError("no kontrol key found")
+    return pem
+
+
+def _check_signed_by(pem: str, jwt: JWT) -> None:
+    """Refuse ``jwt`` unless its RS256 signature verifies with the public key ``pem``."""
     try:
         public_key = load_public_key(pem)
     except ValueError as exc:
         raise AuthenticationError(f"invalid kontrol key: {exc}") from None
     if not signature_valid(public_key, jwt):
         raise AuthenticationError("signature is invalid")
-    check_time_claims(jwt.claims, time.time() if now is None else now, leeway)
-    return jwt.claims
