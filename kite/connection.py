@@ -4,9 +4,12 @@ A :class:`Connection` sits on a :class:`~kite.session.Session` and speaks dnode:
 
 * outgoing calls get a response callback id and a pending
   :class:`gevent.event.AsyncResult`; a disconnect fails every pending call at once;
-* incoming method calls run in worker greenlets, at most ``max_concurrent`` at a
-  time (``1`` keeps arrival order); extra calls wait in a queue, so the read loop
-  keeps reading responses even when every worker blocks on a call of its own;
+* incoming method calls run in the greenlet that read them (no hand-off, no
+  switch) -- the *leader*. Should a handler block (a ``tell()`` back into its
+  caller, I/O, a sleep), the hub hands reading to a pooled worker greenlet (the
+  next leader) at once, so responses keep flowing; the old leader finishes its
+  call and leaves. At most ``max_concurrent`` calls run at a time (``1`` keeps
+  arrival order); extra calls wait in a queue;
 * incoming callback invocations run in arrival order on one serial worker;
 * responses are handled on the read loop itself (cheap, no greenlet).
 """
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+from gevent import getcurrent
 from gevent.event import AsyncResult, Event
 
 from . import dnode, workers
@@ -41,6 +45,12 @@ DEFAULT_MAX_CONCURRENT_CALLS = 64
 #: Calls waiting for a worker before the read loop stops reading from the peer
 #: (back-pressure on a flooding peer; responses still flow below this bound).
 MAX_QUEUED_CALLS = 4096
+#: Calls a leader runs back to back, its peer's input never running dry, before it
+#: lets the event loop go round (other connections, timers) once.
+INLINE_CALLS_PER_TURN = 64
+
+#: What a leader sleeps to let the loop go round: any positive time waits for its next iteration.
+_NEXT_TURN = 1e-6
 
 DISCONNECT_MESSAGE = "Remote kite has disconnected"
 
@@ -70,6 +80,12 @@ class Connection:
         #: Pending outgoing calls: response callback id -> (result, method name).
         self._pending: dict[int, tuple[AsyncResult, str]] = {}
         self.closed = False
+        self._loop = gevent.get_hub().loop
+        self._leader: Any = None  # the greenlet reading now
+        self._leader_busy = False  # the leader is inside a call
+        self._check_scheduled = False  # _check_leader is due: the hub has not run since
+        self._inline_this_turn = 0  # calls run inline since _check_leader was scheduled
+        self._ended = Event()
 
     # -- sending -----------------------------------------------------------
 
@@ -127,7 +143,16 @@ class Connection:
     # -- receiving ---------------------------------------------------------
 
     def run(self) -> None:
-        """Read messages until the session ends, then fail every pending call."""
+        """Read messages until the session ends, then fail every pending call.
+
+        Returns once the session has ended, whichever greenlet read last.
+        """
+        if not self._lead():
+            self._ended.wait()  # reading moved to another greenlet: wait for it to end
+
+    def _lead(self, _: Any = None) -> bool:
+        """The read loop, run by the current leader; ``False`` once it has handed reading on."""
+        me = self._leader = getcurrent()
         session = self.session
         try:
             while True:
@@ -138,46 +163,91 @@ class Connection:
                 if text is None:
                     break
                 try:
-                    self._dispatch(dnode.decode_message(text))
+                    msg = dnode.decode_message(text)
                 except ProtocolError as exc:
                     log.warning("dropping message from %s: %s", session.remote_addr, exc)
+                    continue
+                if self._dispatch(msg):
+                    self._run_inline(msg)
+                    if self._leader is not me:
+                        self._call_worker(None)  # a follower reads now: finish the queue, then leave
+                        return False
+                    if self._inline_this_turn >= INLINE_CALLS_PER_TURN:
+                        gevent.sleep(_NEXT_TURN)  # a sleep of 0 may not let the loop poll for I/O
         except Exception:
             log.exception("read loop of %s failed", session.remote_addr)
         finally:
-            self.closed = True
-            session.close()
-            self._fail_pending()
+            if self._leader is me:
+                self._end()
+        return True
 
-    def _dispatch(self, msg: dnode.Message) -> None:
+    def _run_inline(self, msg: dnode.Message) -> None:
+        """Run a call in the leader; the hub hands reading on if it blocks."""
+        self._leader_busy = True
+        if self._check_scheduled:
+            self._inline_this_turn += 1
+        else:
+            self._check_scheduled = True
+            self._inline_this_turn = 1
+            self._loop.run_callback(self._check_leader)
+        self._serve(msg)
+        if self._leader is getcurrent():
+            self._leader_busy = False
+            if self._calls:  # queued while every worker was busy: a worker takes them on
+                workers.submit(self._call_worker, self._calls.popleft())
+            else:
+                self._workers -= 1
+
+    def _check_leader(self) -> None:
+        """In the hub, once the leader has given up control: if it is inside a call, start a follower."""
+        self._check_scheduled = False
+        if self._leader_busy and not self.closed:
+            self._leader_busy = False
+            self._leader = None
+            workers.submit(self._lead, None)
+
+    def _end(self) -> None:
+        self.closed = True
+        self.session.close()
+        self._fail_pending()
+        self._ended.set()
+
+    def _dispatch(self, msg: dnode.Message) -> bool:
+        """Handle a response or callback; ``True`` for a call the leader should run now."""
         if msg.callbacks:
             dnode.unscrub(msg.arguments, msg.callbacks, self.make_proxy)
         method = msg.method
         if isinstance(method, str):
             if self._workers < self._max_workers:
                 self._workers += 1
-                workers.submit(self._call_worker, msg)
-            else:
-                self._calls.append(msg)
-            return
+                return True
+            self._calls.append(msg)
+            return False
         pending = self._pending.pop(method, None)
         if pending is not None:
             _deliver_response(pending[0], msg.arguments)
-            return
+            return False
         fn = self.scrubber.get(method)
         if fn is None:
-            return  # unknown callback ids are ignored (§2.5)
+            return False  # unknown callback ids are ignored (§2.5)
         self._callbacks.append((fn, msg.arguments))
         if not self._callback_worker_running:
             self._callback_worker_running = True
-            gevent.spawn(self._callback_worker)
+            workers.submit(self._callback_worker, None)
+        return False
 
-    def _call_worker(self, msg: dnode.Message) -> None:
+    def _serve(self, msg: dnode.Message) -> None:
+        try:
+            self._on_call(self, msg.method, msg.arguments)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("call %r from %s failed", msg.method, self.session.remote_addr)
+
+    def _call_worker(self, msg: dnode.Message | None) -> None:
+        """Serve ``msg`` (if any), then queued calls until none is left; holds one worker slot."""
         try:
             while True:
-                try:
-                    self._on_call(self, msg.method, msg.arguments)  # type: ignore[arg-type]
-                except Exception:
-                    log.exception("call %r from %s failed", msg.method, self.session.remote_addr)
+                if msg is not None:
+                    self._serve(msg)
                 if not self._calls:
                     break
                 msg = self._calls.popleft()
@@ -186,7 +256,7 @@ class Connection:
         finally:
             self._workers -= 1
 
-    def _callback_worker(self) -> None:
+    def _callback_worker(self, _: Any = None) -> None:
         try:
             while self._callbacks:
                 fn, arguments = self._callbacks.popleft()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import socket as _socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -132,6 +132,9 @@ class WebSocket:
         self._failed = False  # we failed the connection; incoming bytes are garbage
         self._closer: gevent.Greenlet | None = None
         self._torn_down = Event()
+        #: Called (if set) before each socket read, once everything buffered has been handled:
+        #: where a session writes what its reader queued in reply to the input just consumed.
+        self.before_read: Callable[[], None] | None = None
 
     @property
     def max_message_size(self) -> int:
@@ -292,7 +295,11 @@ class WebSocket:
                     result = self._on_event(events.pop(0))
                     if result is not None or self._read_done:
                         return result
-                data = self._received or self._read_some()
+                data = self._received
+                if not data:
+                    if self.before_read is not None:
+                        self.before_read()
+                    data = self._read_some()
                 self._received = b""
                 if not data:
                     if self.close_code is None:

@@ -224,6 +224,45 @@ def test_bad_input_on_the_wire_never_hurts_other_clients(math):
     assert results and all(results)
 
 
+def square_call(x: int, cb_id: int) -> str:
+    return json.dumps({"method": "square", "arguments": [{"withArgs": [x], "responseCallback": "[Function]"}],
+                       "callbacks": {str(cb_id): [0, "responseCallback"]}})
+
+
+def test_replies_to_calls_read_together_leave_in_one_frame(math):
+    # One SockJS frame with three calls: the kite runs them as it reads them and
+    # writes the three replies as one a[...] frame before it reads again.
+    ws = websocket.connect(f"ws://127.0.0.1:{math.port}/kite/0/session/websocket", timeout=5)
+    assert ws.recv_text() == "o"
+    ws.send_text(json.dumps([square_call(i, 100 + i) for i in range(3)]))
+    frame = ws.recv_text()
+    assert frame.startswith("a[")
+    replies = [json.loads(m) for m in json.loads(frame[1:])]
+    assert [(r["method"], r["arguments"][0]["result"]) for r in replies] == [(100, 0), (101, 1), (102, 4)]
+    ws.close()
+
+
+def test_a_handler_blocked_on_its_caller_does_not_stall_the_connection(math):
+    # Each "ask" runs on the greenlet that read it and blocks on a call back into
+    # its caller; reading goes on in another greenlet every time, so the square
+    # calls and the callers' own answers get through while all the asks wait.
+    gate = Event()
+
+    def name(r):
+        gate.wait(5)
+        return "caller-" + r.args.one().must_string()
+
+    caller = Kite("caller", "1.0.0")
+    caller.handle_func("name", name)
+    c = client_for(math, "websocket", caller)
+    asks = [c.go("ask", str(i)) for i in range(10)]
+    assert [c.tell_with_timeout("square", 5, i) for i in range(5)] == [0, 1, 4, 9, 16]
+    assert not any(a.ready() for a in asks)
+    gate.set()
+    assert [a.get(timeout=5) for a in asks] == [f"caller-{i}" for i in range(10)]
+    c.close()
+
+
 def test_ipv6():
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")

@@ -273,6 +273,23 @@ def test_serial_processing_when_concurrency_disabled(math):
     assert order == [0, 1, 2]
 
 
+def test_a_flooding_peer_lets_the_event_loop_turn(math):
+    # 500 calls already queued on the connection: the kite runs them as it reads
+    # them, but lets the loop go round every INLINE_CALLS_PER_TURN calls, so other
+    # greenlets (other connections, timers) are not starved by one busy peer.
+    from kite.connection import INLINE_CALLS_PER_TURN
+
+    served = []
+    math.handle_func("count", lambda r: served.append(1))
+    c, _ = connect(math, Kite("caller", "1.0.0"))
+    results = [c.go("count") for _ in range(500)]  # queued before the server's reader first runs
+    seen_at = []
+    gevent.spawn(lambda: seen_at.append(len(served)))
+    [r.get(timeout=5) for r in results]
+    assert INLINE_CALLS_PER_TURN < 500
+    assert seen_at and 0 < seen_at[0] <= INLINE_CALLS_PER_TURN
+
+
 def test_dnode_methods_and_cull_are_unknown_methods(client):
     for name in ("methods", "cull"):
         with pytest.raises(MethodNotFoundError, match=f"Method not found: {name}"):

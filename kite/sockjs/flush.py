@@ -36,6 +36,7 @@ class HubFlush:
         self._flush_scheduled = False
         self._tail = b""
         self._loop = gevent.get_hub().loop
+        self._ws.before_read = self._flush_before_read
 
     def _frame(self, messages: list[str]) -> bytes:
         """The bytes that carry ``messages`` (one SockJS frame, or one WebSocket frame each)."""
@@ -55,11 +56,21 @@ class HubFlush:
             self._flush_scheduled = True
             self._loop.run_callback(self._flush)
 
+    def _flush_before_read(self) -> None:
+        """In the reader, before it waits for input: write what it queued meanwhile (replies to
+        calls it ran) now, rather than after it has gone back to waiting. A scheduled hub
+        flush stays scheduled (it finds nothing, or what other greenlets queued since)."""
+        if self._pending:
+            self._write_pending()
+
     def _flush(self) -> None:
         """In the hub, at the end of the turn: write the turn's messages, or leave them to the writer."""
         self._flush_scheduled = False
-        if not self._pending:
-            return
+        if self._pending:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write the queued messages without waiting, or leave them (and what is left) to the writer."""
         if self._tail or not self._writer_idle or self._closed:
             self._wakeup.set()  # the writer has something to send first, or is busy: it takes these too
             return
