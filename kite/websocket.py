@@ -114,6 +114,7 @@ class WebSocket:
         self._sock = sock
         self._client = client
         self._read = reader if reader is not None else sock.recv
+        self._buffered_reader = reader is not None  # a BufferedReader.read1 over ``sock``
         self._owns_socket = owns_socket
         self._decoder = FrameDecoder(masked=not client, max_message_size=max_message_size)
         #: ``"host:port"`` of the peer, for logs.
@@ -317,7 +318,15 @@ class WebSocket:
         except (OSError, ValueError):  # reset, or the socket was torn down under us
             return b""
         # Full read: more is coming, ask for more next time; short: back to small parked reads.
-        self._read_size = min(size * 4, READ_SIZE) if len(data) == size else IDLE_READ_SIZE
+        if len(data) == size:
+            self._read_size = min(size * 4, READ_SIZE)
+        else:
+            self._read_size = IDLE_READ_SIZE
+            if self._buffered_reader:
+                # A short read1() leaves the handshake's buffered reader empty, and it only
+                # refills when asked for less than its buffer: read the socket directly from now on.
+                self._buffered_reader = False
+                self._read = self._sock.recv
         return data
 
     def _feed(self, data: bytes) -> None:

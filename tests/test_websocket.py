@@ -212,6 +212,17 @@ def test_frames_sent_with_the_handshake_are_not_lost(echo):
     raw.close()
 
 
+def test_a_burst_sent_with_the_handshake_arrives_whole_and_in_order(echo):
+    # More than the handler's buffered reader holds: part is read from its buffer,
+    # the rest (and everything later) from the socket itself.
+    burst = [f"{i:02d}".encode() * 1000 for i in range(12)]
+    raw = RawClient(echo.port, extra=b"".join(frame(0x1, m) for m in burst))
+    assert [raw.read_frame() for _ in burst] == [(0x1, m) for m in burst]
+    raw.sock.sendall(frame(0x1, b"later"))
+    assert raw.read_frame() == (0x1, b"later")
+    raw.close()
+
+
 def test_fragmented_and_binary_messages(echo):
     raw = RawClient(echo.port)
     raw.sock.sendall(frame(0x1, b"frag", fin=False) + frame(0x9, b"p") + frame(0x0, b"mented"))
