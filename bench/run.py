@@ -1,6 +1,6 @@
 """The whole benchmark suite (``make bench``): one table, then the figures against the targets.
 
-    .venv/bin/python bench/run.py [--quick] [--rounds R] [--seconds S] [--calls-1m] [--pin MODE]
+    .venv/bin/python bench/run.py [--quick] [--rounds R] [--seconds S] [--growth-calls N] [--pin MODE]
                                   [--sections square,ratios,payload,callbacks,memory]
 
 Sections (each also runs alone: ``bench/<module>.py``):
@@ -15,7 +15,7 @@ Sections (each also runs alone: ``bench/<module>.py``):
 * ``payload`` (payload.py): 100 B / 10 KB / 1 MB results next to their ceiling.
 * ``callbacks`` (callbacks.py): a method calling a passed function once per call.
 * ``memory`` (memory.py): server RSS per idle connection at 1k and 10k connections,
-  and over 200k calls (``--calls-1m``: 1M).
+  and over 1M calls (``--growth-calls N`` for fewer).
 
 Every server runs in its own process, on 127.0.0.1 and a free port; every process is
 stopped at the end, on errors and on Ctrl-C. Ratios are taken round by round (the runs
@@ -193,7 +193,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds for the ratios (default 5)")
     ap.add_argument("--seconds", type=float, default=None,
                     help="seconds per ratio run (default 1.5; 0.25 with --quick)")
-    ap.add_argument("--calls-1m", action="store_true", help="1M calls for the RSS-growth figure (default 200k)")
+    ap.add_argument("--growth-calls", type=int, default=None,
+                    help=f"calls for the RSS-growth figure (default {memory.GROWTH_CALLS:,}; 20,000 with --quick)")
     ap.add_argument("--pin", choices=common.PIN_MODES, default="same",
                     help="CPU pinning: same (default; every process on one CPU), split, none")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
@@ -210,7 +211,7 @@ def main() -> int:
     n_ws = 300 if quick else 2000
     n_xhr = max(32, n_ws // 20)
     idle_totals = [1000] if quick else [1000, 10_000]
-    growth_calls = 1_000_000 if opts.calls_1m else (20_000 if quick else 200_000)
+    growth_calls = opts.growth_calls or (20_000 if quick else memory.GROWTH_CALLS)
 
     common.install_cleanup()
     pinning = common.pin_cpus(opts.pin)

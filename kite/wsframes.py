@@ -46,6 +46,8 @@ MAX_CONTROL_PAYLOAD = 125
 _VALID_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
 #: Random bytes drawn at once for client masking keys (one getrandom() per 1024 frames).
 _MASK_POOL_SIZE = 4096
+#: First byte of a final (unfragmented) text frame.
+_FINAL_TEXT = bytes((0x80 | OP_TEXT,))
 
 
 class FrameError(RemoteProtocolError):
@@ -148,6 +150,10 @@ class FrameDecoder:
         Events: ``(TEXT, str)``, ``(BINARY, bytes)``, ``(PING, bytes)``,
         ``(PONG, bytes)``, ``(CLOSE, code, reason)``.
         """
+        if not self._buf and data[:1] == _FINAL_TEXT and self._opcode is None:
+            event = self._single_text_frame(data)
+            if event is not None:
+                return [event]
         buf = self._buf
         if buf:
             buf += data
@@ -202,6 +208,30 @@ class FrameDecoder:
         if pos:
             del buf[:pos]
         return events
+
+    def _single_text_frame(self, data: bytes) -> tuple | None:
+        """The common case in one step: ``data`` is exactly one whole, final, small text frame
+        with the masking this side expects. ``None`` sends anything else the general way."""
+        b1 = data[1] if len(data) > 1 else 0
+        if bool(b1 & 0x80) is not self._masked:
+            return None
+        length = b1 & 0x7F
+        head = 2
+        if length == 126:
+            if len(data) < 4:
+                return None
+            length = (data[2] << 8) | data[3]
+            head = 4
+        elif length == 127:
+            return None
+        start = head + 4 if self._masked else head
+        if start + length != len(data) or length > self.max_message_size:
+            return None
+        payload = apply_mask(data[start:], data[head:start]) if self._masked else data[start:]
+        try:
+            return (TEXT, payload.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise FrameError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
 
     def _control(self, opcode: int, payload: bytes) -> tuple:
         if opcode == OP_PING:
