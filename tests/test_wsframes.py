@@ -14,6 +14,8 @@ from kite.wsframes import (
     TEXT,
     FrameDecoder,
     FrameError,
+    _apply_mask_python,
+    apply_mask,
     encode_close,
     encode_frame,
 )
@@ -68,3 +70,12 @@ def test_bad_frames_raise_with_their_close_code(data, code):
     with pytest.raises(FrameError) as info:
         FrameDecoder(masked=True, max_message_size=1 << 20).receive(data)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 315, 4096, 70001])
+def test_masking_helpers_agree_and_undo_themselves(size):
+    payload, key = bytes(range(256)) * (size // 256) + bytes(range(size % 256)), b"\x12\x34\xab\xcd"
+    masked = _apply_mask_python(payload, key)
+    assert apply_mask(payload, key) == masked
+    assert _apply_mask_python(masked, key) == payload
+    assert size < 4 or masked != payload
