@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KITEJS := tests/interop/kitejs
 
-.PHONY: test lint run bench bench-kontrol clean deps etcd-server
+.PHONY: test lint run bench bench-kontrol bench-instructions clean deps etcd-server
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ run: $(VENV)/.installed
 
 bench: deps
 	$(PY) bench/run.py
+
+# Instructions per round trip under callgrind (needs valgrind): the noise-free figure to compare versions by.
+bench-instructions: deps
+	$(PY) bench/instructions.py
 
 # Kontrol at scale (10k kites on sqlite and etcd): ~4 minutes.
 bench-kontrol: deps

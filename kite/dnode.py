@@ -151,12 +151,6 @@ def encode_message(method: str | int, arguments: list, callbacks: dict[str, list
         raise LocalProtocolError(f"cannot encode dnode message: {exc}") from None
 
 
-def _parse_callback_id(key: Any) -> int:
-    if isinstance(key, str) and key.isdigit() and key.isascii():
-        return int(key)
-    raise RemoteProtocolError(f"callback id is not an unsigned integer: {key!r}")
-
-
 def decode_message(text: str | bytes) -> Message:
     """Parse one dnode message. Anything malformed raises :class:`RemoteProtocolError`."""
     try:
@@ -193,7 +187,9 @@ def decode_message(text: str | bytes) -> Message:
             for step in path:
                 if type(step) is not str and type(step) is not int:
                     raise RemoteProtocolError(f"callback path is not an array of keys: {path!r}")
-            callbacks[_parse_callback_id(key)] = path
+            if not (key.isdigit() and key.isascii()):  # JSON object keys are always strings
+                raise RemoteProtocolError(f"callback id is not an unsigned integer: {key!r}")
+            callbacks[int(key)] = path
     elif raw_callbacks is not None and type(raw_callbacks) is not dict:
         raise RemoteProtocolError("callbacks is not an object")
     return Message(method, arguments, callbacks)
