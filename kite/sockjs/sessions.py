@@ -1,9 +1,11 @@
 """The sessions a SockJS server serves: one WebSocket (SockJS-framed or raw), or XHR.
 
-Every session coalesces its sends: messages queued within one turn of the
-event loop leave as one ``a[...]`` frame. ``send()`` only appends to a list and
-sets an event; the greenlet that writes (the WebSocket writer, or the pending
-XHR poll) runs on a later loop turn and takes the whole list at once.
+Every session coalesces its sends: ``send()`` only queues, and what is queued
+together leaves as one ``a[...]`` frame. A WebSocket session writes its queue
+before its reader waits for more input (so replies to the calls it just read go
+out together) or, for messages other greenlets queued, at the end of the loop
+turn from the hub (:mod:`kite.sockjs.flush`); an XHR session hands its queue to
+the pending poll.
 """
 
 from __future__ import annotations
@@ -89,10 +91,11 @@ class ServerSession(Session):
 class WebSocketSession(HubFlush, ServerSession):
     """A session on one WebSocket, SockJS-framed or raw (one text message per message).
 
-    ``recv`` reads the socket in the caller's greenlet. Sends queued in one loop
-    turn are flushed together at the end of the turn by a hub callback that
-    writes without waiting; whatever would have to wait (a full socket, TLS, the
-    ``o``/``h`` frames, the close) goes to a writer greenlet.
+    ``recv`` reads the socket in the caller's greenlet and, before it waits for
+    more, writes what is queued. Sends queued in one loop turn are otherwise
+    flushed together at the end of the turn by a hub callback that writes without
+    waiting; whatever would have to wait (a full socket, TLS, the ``o``/``h``
+    frames, the close) goes to a writer greenlet.
     """
 
     def __init__(self, ws: websocket.WebSocket, *, sockjs: bool, heartbeat_interval: float, session_id: str = ""):
