@@ -190,7 +190,13 @@ class Connection:
             self._check_scheduled = True
             self._inline_this_turn = 1
             self._loop.run_callback(self._check_leader)
-        self._serve(msg)
+        try:
+            self._serve(msg)
+        except BaseException:  # killed inside the handler: give its slot back, then unwind
+            if self._leader is getcurrent():
+                self._leader_busy = False
+            self._workers -= 1
+            raise
         if self._leader is getcurrent():
             self._leader_busy = False
             if self._calls:  # queued while every worker was busy: a worker takes them on

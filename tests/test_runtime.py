@@ -290,6 +290,25 @@ def test_a_flooding_peer_lets_the_event_loop_turn(math):
     assert seen_at and 0 < seen_at[0] <= INLINE_CALLS_PER_TURN
 
 
+def test_a_call_killed_in_its_handler_frees_its_slot(math):
+    # One call at a time: the first handler blocks and its greenlet is killed; the
+    # connection keeps reading (another greenlet took over) and the next call runs.
+    math.config.disable_concurrency = True
+    running = []
+
+    def hang(r):
+        running.append(gevent.getcurrent())
+        gevent.sleep(10)
+
+    math.handle_func("hang", hang)
+    c, _ = connect(math, Kite("caller", "1.0.0"))
+    c.go("hang")
+    while not running:
+        gevent.sleep(0.001)
+    running[0].kill()
+    assert c.tell_with_timeout("square", 2, 7) == 49
+
+
 def test_dnode_methods_and_cull_are_unknown_methods(client):
     for name in ("methods", "cull"):
         with pytest.raises(MethodNotFoundError, match=f"Method not found: {name}"):
