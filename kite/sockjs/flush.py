@@ -3,9 +3,9 @@
 Messages sent within one turn of the event loop are queued; the session's reader
 writes them before it waits for more input (replies to the calls it has just
 run), else a hub callback at the end of the turn frames them together; either
-writes without waiting when the socket takes them. Only what would wait (a full socket, TLS, a busy
-writer) is left to the session's writer greenlet, which sends :attr:`_tail`
-(bytes a direct write left over) before anything else.
+writes without waiting when the socket takes them. Only what would wait (a full
+socket, TLS, a busy writer) is left to the session's writer greenlet, which
+sends :attr:`_tail` (bytes a direct write left over) before anything else.
 """
 
 from __future__ import annotations
