@@ -22,7 +22,7 @@ from gevent.event import AsyncResult, Event
 
 from . import dnode
 from .config import normalize_transport
-from .connection import Connection
+from .connection import Connection, Reply, ReplyWaiter
 from .errors import KiteError, SendError, TimeoutError
 from .protocol import Auth, KiteIdentity
 from .session import Session
@@ -230,14 +230,14 @@ class Client:
 
     # -- calling -----------------------------------------------------------
 
-    def _start_call(self, method: str, args: tuple) -> tuple[Connection, int, AsyncResult]:
+    def _start_call(self, method: str, args: tuple, result: Reply | None = None) -> tuple[Connection, int, Reply]:
         conn = self._conn
         if conn is None:
             raise SendError("can't send, session is not established yet")
         if conn.closed:
             raise SendError("can't send, client is closed")
         auth = self.auth.to_wire() if self.auth is not None else None
-        cb_id, result = conn.call(method, self.local_kite.identity_wire(), auth, list(args))
+        cb_id, result = conn.call(method, self.local_kite.identity_wire(), auth, list(args), result)
         return conn, cb_id, result
 
     def tell(self, method: str, *args: Any) -> Any:
@@ -265,12 +265,23 @@ class Client:
             raise
 
     def _call_and_wait(self, method: str, timeout: float | None, args: tuple) -> Any:
-        conn, cb_id, result = self._start_call(method, args)
+        conn, cb_id, reply = self._start_call(method, args, ReplyWaiter())
+        timer = gevent.Timeout(timeout) if timeout else None
+        if timer is not None:
+            timer.start()
         try:
-            return result.get(timeout=timeout or None)
-        except gevent.Timeout:
+            return reply.get()
+        except gevent.Timeout as exc:
             conn.cancel(cb_id)
-            raise TimeoutError(f'No response to "{method}" method in {timeout}s') from None
+            if exc is timer:
+                raise TimeoutError(f'No response to "{method}" method in {timeout}s') from None
+            raise  # an enclosing timeout of the caller's
+        except BaseException:  # killed while waiting (a reply's own error has already left the table)
+            conn.cancel(cb_id)
+            raise
+        finally:
+            if timer is not None:
+                timer.close()
 
     def go(self, method: str, *args: Any) -> AsyncResult:
         """Start a call and return an :class:`~gevent.event.AsyncResult` for its result."""

@@ -24,6 +24,7 @@ from typing import Any
 import gevent
 from gevent import getcurrent
 from gevent.event import AsyncResult, Event
+from gevent.hub import Waiter
 
 from . import dnode, workers
 from .errors import (
@@ -57,6 +58,35 @@ DISCONNECT_MESSAGE = "Remote kite has disconnected"
 CallHandler = Callable[["Connection", str, list], None]
 
 
+class ReplyWaiter:
+    """What a caller blocked on one reply waits on: half the cost of an
+    :class:`~gevent.event.AsyncResult` (no links, one waiting greenlet).
+
+    ``set``/``set_exception`` are called once, from any greenlet; ``get`` by the
+    one greenlet that made the call.
+    """
+
+    __slots__ = ("_waiter", "_loop")
+
+    def __init__(self) -> None:
+        self._waiter = Waiter()
+        self._loop = self._waiter.hub.loop
+
+    def set(self, value: Any) -> None:
+        self._loop.run_callback(self._waiter.switch, value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._loop.run_callback(self._waiter.throw, exc)
+
+    def get(self) -> Any:
+        """Block for the reply's result; raises its error (wrap in a :class:`gevent.Timeout` to bound it)."""
+        return self._waiter.get()
+
+
+#: Either kind of reply receiver.
+Reply = AsyncResult | ReplyWaiter
+
+
 class Connection:
     """The dnode state of one session. Created and owned by a :class:`~kite.client.Client`."""
 
@@ -78,7 +108,7 @@ class Connection:
         self._callbacks: deque[tuple[Callable[..., Any], list]] = deque()
         self._callback_worker_running = False
         #: Pending outgoing calls: response callback id -> (result, method name).
-        self._pending: dict[int, tuple[AsyncResult, str]] = {}
+        self._pending: dict[int, tuple[Reply, str]] = {}
         self.closed = False
         self._loop = gevent.get_hub().loop
         self._leader: Any = None  # the greenlet reading now
@@ -97,8 +127,14 @@ class Connection:
         except SessionClosed:
             raise SendError("can't send, session is closed") from None
 
-    def call(self, method: str, kite: dict, auth: dict | None, args: list) -> tuple[int, AsyncResult]:
-        """Send a kite call; return its response id and the :class:`AsyncResult` for the reply."""
+    def call(
+        self, method: str, kite: dict, auth: dict | None, args: list, result: Reply | None = None
+    ) -> tuple[int, Reply]:
+        """Send a kite call; return its response id and what receives the reply.
+
+        That is ``result`` if given (a :class:`ReplyWaiter` for a caller that blocks
+        on it), else a new :class:`~gevent.event.AsyncResult`.
+        """
         if self.closed:
             raise SendError("can't send, session is closed")
         scrubber = self.scrubber
@@ -111,7 +147,8 @@ class Connection:
             "responseCallback": dnode.FUNCTION_PLACEHOLDER,
             "withArgs": with_args,
         }
-        result = AsyncResult()
+        if result is None:
+            result = AsyncResult()
         self._pending[cb_id] = (result, method)
         try:
             self.send_message(method, [options], callbacks)
@@ -279,7 +316,7 @@ class Connection:
             result.set_exception(DisconnectError(DISCONNECT_MESSAGE))
 
 
-def _deliver_response(result: AsyncResult, arguments: list) -> None:
+def _deliver_response(result: Reply, arguments: list) -> None:
     """Resolve a call from its response arguments.
 
     Go and kite.js servers send ``[{"error": ..., "result": ...}]``; a kite.js

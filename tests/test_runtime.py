@@ -152,6 +152,21 @@ def test_timeout_fails_only_its_own_call(math):
     assert c.tell("square", 3) == 9
 
 
+def test_an_enclosing_timeout_stays_the_callers_own(math):
+    # A gevent.Timeout around tell() is not turned into the call's TimeoutError, and the
+    # abandoned call leaves nothing behind; its late reply is ignored.
+    math.handle_func("sleep", lambda r: gevent.sleep(r.args.one().must_float64()))
+    c, _ = connect(math, Kite("caller", "1.0.0"))
+    outer = gevent.Timeout(0.05)
+    with pytest.raises(gevent.Timeout) as e:
+        with outer:
+            c.tell_with_timeout("sleep", 10, 0.2)
+    assert e.value is outer
+    assert c._conn._pending == {}
+    gevent.sleep(0.3)  # the late reply arrives and is dropped
+    assert c.tell("square", 3) == 9
+
+
 def builtins_timeout():
     import builtins
 
