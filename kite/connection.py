@@ -2,8 +2,9 @@
 
 A :class:`Connection` sits on a :class:`~kite.session.Session` and speaks dnode:
 
-* outgoing calls get a response callback id and a pending
-  :class:`gevent.event.AsyncResult`; a disconnect fails every pending call at once;
+* outgoing calls get a response callback id and a pending reply receiver (a
+  :class:`ReplyWaiter` for a blocking ``tell()``, an :class:`gevent.event.AsyncResult`
+  for ``go()``); a disconnect fails every pending call at once;
 * incoming method calls run in the greenlet that read them (no hand-off, no
   switch) -- the *leader*. Should a handler block (a ``tell()`` back into its
   caller, I/O, a sleep), the hub hands reading to a pooled worker greenlet (the
