@@ -3,16 +3,16 @@
     .venv/bin/python bench/ceiling.py [--seconds S] [--rounds R] [--quick]
 
 The echo server (``bench/servers.py echo``, its own process) uses the same
-``kite.server.make_server`` and ``kite.websocket`` frame layer as a kite. The
+``kite.transport.wsgi.make_server`` and ``kite.transport.websocket`` frame layer as a kite. The
 client sends a realistic kite call -- the 315-character dnode text a Python client
 sends for ``square(3)``; SockJS-framed it is the 369-character ``["..."]`` a SockJS
 client sends -- and waits for the echo:
 
-* ``bare ws echo``: ``kite.websocket.connect`` to a bare WebSocket echo
+* ``bare ws echo``: ``kite.transport.websocket.connect`` to a bare WebSocket echo
   (``WebSocket.from_environ`` + ``recv_text``/``send_text``); the ``raw-websocket``
   rows send the dnode text, the ``sockjs-websocket`` rows its SockJS framing. This is
   the ceiling a kite call over that transport is compared with.
-* ``session echo``: ``kite.sockjs.client.dial`` to a ``SockJSServer`` whose sessions
+* ``session echo``: ``kite.transport.sockjs.client.dial`` to a ``SockJSServer`` whose sessions
   echo every message: the SockJS session layer (framing, coalescing, writer greenlets)
   without dnode and kite.
 
@@ -48,7 +48,7 @@ ECHO_TEXT = {"raw-websocket": CALL_TEXT, "sockjs-websocket": SOCKJS_CALL_TEXT}
 
 def bare_echo(url: str, text: str, window: int, n: int, warmup: int) -> common.Stats:
     """``n`` echoes of ``text`` on one bare WebSocket, ``window`` in flight."""
-    from kite import websocket
+    from kite.transport import websocket
 
     try:
         ws = websocket.connect(url, timeout=10)
@@ -66,7 +66,7 @@ def bare_echo(url: str, text: str, window: int, n: int, warmup: int) -> common.S
 
 def session_echo(url: str, window: int, n: int, warmup: int) -> common.Stats:
     """``n`` echoes of the call text through a dialed SockJS session (``url`` decides SockJS or raw)."""
-    from kite.sockjs.client import dial
+    from kite.transport.sockjs.client import dial
 
     try:
         session = dial(url, transport="websocket", timeout=10)

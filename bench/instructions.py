@@ -13,7 +13,7 @@ syscalls themselves) is not counted, so this is the figure to compare two versio
 of the code with, not a substitute for ``make bench``.
 
 Scenarios: ``echo`` (the stack ceiling: a bare WebSocket echo, client and server on
-``kite.websocket``), ``kite raw`` (``square`` over ``/kite/websocket``) and ``kite
+``kite.transport.websocket``), ``kite raw`` (``square`` over ``/kite/websocket``) and ``kite
 sockjs`` (``square`` over SockJS-websocket). Needs valgrind (Debian package
 ``valgrind``); takes ~1 minute on 2 cores.
 """
@@ -45,8 +45,8 @@ def child(scenario: str, calls: int) -> None:
     import ceiling
 
     if scenario == "echo":
-        from kite import websocket
-        from kite.server import make_server
+        from kite.transport import websocket
+        from kite.transport.wsgi import make_server
 
         def app(environ, start_response):
             ws = websocket.WebSocket.from_environ(environ)

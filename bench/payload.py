@@ -54,7 +54,7 @@ def ceiling_contender(servers: common.Servers, transport: str, label: str) -> co
     text = ceiling.ECHO_TEXT[transport]
 
     def measure(n: int, warmup: int) -> common.Stats:
-        from kite import websocket
+        from kite.transport import websocket
 
         try:
             ws = websocket.connect(url, timeout=10)

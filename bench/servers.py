@@ -20,7 +20,7 @@ test) and run until SIGTERM / SIGINT.
     * ``/blob?size=N&framing=raw|sockjs``: a bare WebSocket that answers every
       message with a prebuilt kite response carrying an N-character result
       (``framing=sockjs``: inside an ``a[...]`` frame);
-    * ``/kite/...``: a :class:`~kite.sockjs.server.SockJSServer` whose sessions echo
+    * ``/kite/...``: a :class:`~kite.transport.sockjs.server.SockJSServer` whose sessions echo
       every message (SockJS websocket and raw ``/kite/websocket``) -- the session
       layer without dnode and kite.
 """
@@ -76,7 +76,7 @@ def blob_reply(size: int, framing: str) -> str:
 
 def _bare_websocket(environ: dict, start_response: Any, reply: str | None) -> list[bytes]:
     """Serve one bare WebSocket: echo every message, or answer each with ``reply``."""
-    from kite.websocket import WebSocket
+    from kite.transport.websocket import WebSocket
 
     ws = WebSocket.from_environ(environ)
     if ws is None:
@@ -104,8 +104,8 @@ def _echo_session(session: Any) -> None:
 
 def serve_echo() -> None:
     """The bare echo server (see the module docstring)."""
-    from kite.server import make_server
-    from kite.sockjs.server import SockJSServer
+    from kite.transport.sockjs.server import SockJSServer
+    from kite.transport.wsgi import make_server
 
     sockjs = SockJSServer(prefix="/kite", on_session=_echo_session)
 

@@ -21,18 +21,18 @@ from .errors import (
 )
 from .kite import Kite
 from .kitekey import KiteKeyError, KiteKeyNotFoundError
-from .kontrolclient import KeyRenewer, KontrolClient, Watcher
-from .kontrolerrors import (
+from .kontrolclient.client import KeyRenewer, KontrolClient, Watcher
+from .kontrolclient.errors import (
     KontrolError,
     NoKitesAvailableError,
     NoKontrolURLError,
     RegisterError,
     RegisterURLError,
 )
+from .kontrolclient.tokenrenewer import TokenRenewer
 from .method import RETURN_FIRST, RETURN_LATEST, RETURN_METHOD, Method
-from .protocol import Auth, KiteIdentity, KontrolQuery, RegisterResult
 from .request import Request
-from .tokenrenewer import TokenRenewer
+from .wire.protocol import Auth, KiteIdentity, KontrolQuery, RegisterResult
 
 __all__ = [
     "Arguments",

@@ -15,7 +15,7 @@ What this module checks beyond the Go kite (stricter, never looser):
 * only ``RS256`` is accepted, before anything else is trusted: ``none``, the HS*
   family (including the HS256-keyed-with-the-public-key confusion) and other
   RSA variants are refused;
-* a credential longer than :data:`kite.jws.MAX_JWT_LENGTH` is refused before decoding;
+* a credential longer than :data:`kite.wire.jws.MAX_JWT_LENGTH` is refused before decoding;
 * tokens must carry ``exp`` and a non-empty ``iss``;
 * kite keys must belong to the callee's own user unless the method is opened to
   other users or ``Config.kite_key_any_user`` is set (see :class:`Verifier`).
@@ -26,7 +26,7 @@ a bad signature is reported as ``token is expired``, like the original, so that
 Go and Python callers fetch a fresh token after a Kontrol key rotation.
 
 Costs: parsing a PEM is cheap for public keys but this module still parses each
-distinct PEM once (:func:`kite.jws.load_public_key` is an LRU cache), and remembers each
+distinct PEM once (:func:`kite.wire.jws.load_public_key` is an LRU cache), and remembers each
 successfully verified credential until it expires (:class:`Verifier`), so a
 repeated call with the same token costs a dict lookup.
 """
@@ -43,8 +43,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .config import DEFAULT_AUTH_LEEWAY
 from .errors import AuthenticationError, KiteError
-from .jws import JWT, decode_jwt, load_public_key, require_rs256, signature_valid
-from .protocol import KiteIdentity
+from .wire.jws import JWT, decode_jwt, load_public_key, require_rs256, signature_valid
+from .wire.protocol import KiteIdentity
 
 if TYPE_CHECKING:
     from .kite import Kite

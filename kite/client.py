@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.event import AsyncResult, Event
 
-from . import dnode
 from .config import normalize_transport
 from .connection import Connection, Reply, ReplyWaiter
 from .errors import KiteError, SendError, TimeoutError
-from .protocol import Auth, KiteIdentity
-from .session import Session
+from .transport.session import Session
+from .wire import dnode
+from .wire.protocol import Auth, KiteIdentity
 
 if TYPE_CHECKING:
     from .kite import Kite
@@ -81,7 +81,7 @@ class Client:
         self._on_disconnect: list[Callable[[Client], Any]] = []
         self._on_token_expire: list[Callable[[Client], Any]] = []
         self._on_token_renew: list[Callable[[str], Any]] = []
-        #: The :class:`~kite.tokenrenewer.TokenRenewer` keeping ``auth`` fresh, if any
+        #: The :class:`~kite.kontrolclient.tokenrenewer.TokenRenewer` keeping ``auth`` fresh, if any
         #: (it sets itself here); with one, a call refused with "token is expired"
         #: is retried once with a renewed token.
         self.token_renewer: Any = None
@@ -144,7 +144,7 @@ class Client:
 
     def dial_timeout(self, timeout: float | None) -> None:
         """Connect once within ``timeout`` seconds."""
-        from .sockjs.client import dial as dial_session
+        from .transport.sockjs.client import dial as dial_session
 
         if not self.url:
             raise ValueError("client has no URL to dial")

@@ -1,6 +1,6 @@
 """One live session with one peer: the read loop and everything keyed by callback id.
 
-A :class:`Connection` sits on a :class:`~kite.session.Session` and speaks dnode:
+A :class:`Connection` sits on a :class:`~kite.transport.session.Session` and speaks dnode:
 
 * outgoing calls get a response callback id and a pending reply receiver (a
   :class:`ReplyWaiter` for a blocking ``tell()``, an :class:`gevent.event.AsyncResult`
@@ -27,16 +27,10 @@ from gevent import getcurrent
 from gevent.event import AsyncResult, Event
 from gevent.hub import Waiter
 
-from . import dnode, workers
-from .errors import (
-    DisconnectError,
-    InvalidResponseError,
-    LocalProtocolError,
-    ProtocolError,
-    SendError,
-    from_wire,
-)
-from .session import Session, SessionClosed
+from . import workers
+from .errors import DisconnectError, InvalidResponseError, LocalProtocolError, ProtocolError, SendError, from_wire
+from .transport.session import Session, SessionClosed
+from .wire import dnode
 
 log = logging.getLogger("kite.connection")
 

@@ -33,12 +33,12 @@ from .errors import (
     SendError,
     to_kite_error,
 )
-from .kontrolclient import KeyRenewer, KontrolClient, Watcher
+from .kontrolclient.client import KeyRenewer, KontrolClient, Watcher
+from .kontrolclient.registerurl import register_url as _register_url
 from .log import new_logger, setup_signal_handler
 from .method import RETURN_METHOD, Handler, HandlerFunc, Method, as_handler
-from .protocol import Auth, KiteIdentity, RegisterResult, validate_name_version
-from .registerurl import register_url as _register_url
 from .request import Request
+from .wire.protocol import Auth, KiteIdentity, RegisterResult, validate_name_version
 
 #: Path prefix of the SockJS endpoint, as in Go kites.
 SOCKJS_PREFIX = "/kite"
@@ -452,7 +452,7 @@ class Kite:
     def sockjs(self):
         """The SockJS WSGI app serving ``/kite``."""
         if self._sockjs is None:
-            from .sockjs.server import SockJSServer
+            from .transport.sockjs.server import SockJSServer
 
             c = self.config
             self._sockjs = SockJSServer(
@@ -510,7 +510,7 @@ class Kite:
 
     def run(self) -> None:
         """Serve until :meth:`close` (blocking). ``KITE_VERSION`` set: print the version and return."""
-        from .server import make_server
+        from .transport.wsgi import make_server
 
         if os.environ.get("KITE_VERSION"):
             print(self.version)

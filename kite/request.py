@@ -10,7 +10,7 @@ from .arguments import Arguments
 if TYPE_CHECKING:
     from .client import Client
     from .kite import Kite
-    from .protocol import Auth
+    from .wire.protocol import Auth
 
 
 def new_request_id() -> str:
@@ -32,7 +32,7 @@ class Request:
             and handlers may call back through it with ``client.tell(...)``.
         username: the authenticated username; the claimed one when the method
             does not require authentication; ``""`` on connections this process dialed.
-        auth: the received credentials (:class:`~kite.protocol.Auth`) or ``None``.
+        auth: the received credentials (:class:`~kite.wire.protocol.Auth`) or ``None``.
         context: a dict shared by the pre-handlers, the handler and the post-handlers.
         id: a request id (16 hex characters).
     """

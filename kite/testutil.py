@@ -15,7 +15,7 @@ Everything is signed with the throw-away keys of :mod:`kite.testkeys`::
 
 * :func:`new_kite_key` / :func:`write_kite_key` - a kite.key for a test user;
 * :func:`new_token` - a Kontrol-style token; :func:`token_source` - a token
-  source for :class:`kite.tokenrenewer.TokenRenewer`;
+  source for :class:`kite.kontrolclient.tokenrenewer.TokenRenewer`;
 * :func:`new_config` / :func:`new_kite` - a config or kite trusting the test Kontrol;
 * :func:`serve` - run a kite on 127.0.0.1 for the duration of a ``with`` block.
 """
@@ -138,7 +138,7 @@ def new_token(
 def token_source(
     username: str = TEST_USERNAME, audience: str = "/", ttl: float = TOKEN_TTL, **kwargs: Any
 ) -> Callable[[Client], str]:
-    """A token source for :class:`~kite.tokenrenewer.TokenRenewer` minting fresh test tokens.
+    """A token source for :class:`~kite.kontrolclient.tokenrenewer.TokenRenewer` minting fresh test tokens.
 
     The returned function records every token it issued in its ``issued`` list.
     """

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from kite import AuthenticationError, GenericError, KiteError, Request
 from kite.auth import kite_key_claims
-from kite.protocol import KiteIdentity
+from kite.wire.protocol import KiteIdentity
 
 from .registry import WEBSOCKET
 from .storage import (

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from flask import Blueprint, Response, request
 
 from kite import KiteError
-from kite.protocol import KiteIdentity
+from kite.wire.protocol import KiteIdentity
 
 from .handlers import resolve_key_pair, validate_url
 from .registry import HTTP

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kite import Client, Config, Kite, Request
-from kite.protocol import KiteIdentity
+from kite.wire.protocol import KiteIdentity
 
 from . import handlers
 from .http import blueprint

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import gevent
 from gevent.pool import Pool
 
-from kite.protocol import KiteIdentity
+from kite.wire.protocol import KiteIdentity
 
 from .storage import KiteRecord, Storage, StorageError, StorageUnavailableError
 

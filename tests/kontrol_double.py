@@ -1,7 +1,7 @@
 """A Kontrol test double: a real Python kite named ``kontrol`` on 127.0.0.1.
 
 It speaks the Kontrol side of PROTOCOL.md §7 just enough to test the kite side
-(kite/kontrolclient.py) over real sockets, and records everything it sees:
+(kite/kontrolclient/) over real sockets, and records everything it sees:
 
 * ``register`` (kiteKey only): records the kite, answers ``{"url", "heartbeatInterval": 0}``
   (plus ``kiteKey``/``publicKey`` when :attr:`KontrolDouble.rotate` is set) and, without

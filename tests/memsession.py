@@ -2,7 +2,7 @@
 
 from gevent.queue import Queue
 
-from kite.session import Session, SessionClosed
+from kite.transport.session import Session, SessionClosed
 
 _END = object()
 

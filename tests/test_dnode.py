@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from kite import dnode
 from kite.errors import LocalProtocolError, RemoteProtocolError
+from kite.wire import dnode
 
 
 def test_scrub_replaces_functions_with_go_style_paths():

@@ -11,7 +11,8 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from kite import ArgumentError, DisconnectError, GenericError, Kite, MethodNotFoundError, testkeys, websocket
+from kite import ArgumentError, DisconnectError, GenericError, Kite, MethodNotFoundError, testkeys
+from kite.transport import websocket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRANSPORTS = ["websocket", "xhr_polling", "xhr_streaming", "auto", "raw"]

@@ -28,12 +28,12 @@ from kite import (
     TimeoutError,
     TokenRenewer,
     auth,
-    kontrolclient,
-    registerurl,
     testkeys,
     testutil,
 )
-from kite.heartbeat import kontrol_path
+from kite.kontrolclient import client as kontrolclient
+from kite.kontrolclient import registerurl
+from kite.kontrolclient.heartbeat import kontrol_path
 from tests.kontrol_double import KontrolDouble
 
 #: The URL kites register in these tests (nothing needs to listen there).

@@ -1,6 +1,6 @@
 import pytest
 
-from kite.protocol import KiteIdentity, validate_name_version
+from kite.wire.protocol import KiteIdentity, validate_name_version
 
 
 def test_identity_wire_order_and_path():

@@ -1,4 +1,4 @@
-"""kite.sockjs.client: the Go-style dialer over every transport, against real servers."""
+"""kite.transport.sockjs.client: the Go-style dialer over every transport, against real servers."""
 
 import contextlib
 import os
@@ -14,12 +14,12 @@ import pytest
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
-from kite.server import make_server
-from kite.session import SessionClosed
-from kite.sockjs import client as sockjs_client
-from kite.sockjs.client import DialError, DialTimeoutError, dial
-from kite.sockjs.server import SockJSServer
-from kite.websocket import WebSocket
+from kite.transport.session import SessionClosed
+from kite.transport.sockjs import client as sockjs_client
+from kite.transport.sockjs.client import DialError, DialTimeoutError, dial
+from kite.transport.sockjs.server import SockJSServer
+from kite.transport.websocket import WebSocket
+from kite.transport.wsgi import make_server
 
 HEARTBEAT = 0.3
 DISCONNECT = 0.5
@@ -310,7 +310,7 @@ def test_websocket_client_works_without_monkey_patching(kite):
         """
         import sys
         from gevent import monkey
-        from kite.sockjs.client import dial
+        from kite.transport.sockjs.client import dial
 
         for url in sys.argv[1:]:
             session = dial(url, timeout=5)

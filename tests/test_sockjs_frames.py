@@ -1,4 +1,4 @@
-"""kite.sockjs.frames: pure SockJS framing (PROTOCOL.md §1.2)."""
+"""kite.wire.sockjs: pure SockJS framing (PROTOCOL.md §1.2)."""
 
 import ast
 import json
@@ -7,8 +7,8 @@ import random
 import pytest
 
 from kite.errors import RemoteProtocolError
-from kite.sockjs import frames
-from kite.sockjs.frames import (
+from kite.wire import sockjs as frames
+from kite.wire.sockjs import (
     HEARTBEAT,
     OPEN,
     decode_client_payload,

@@ -1,4 +1,4 @@
-"""kite.sockjs.server: the SockJS endpoints under /kite, over real sockets (PROTOCOL.md §1)."""
+"""kite.transport.sockjs.server: the SockJS endpoints under /kite, over real sockets (PROTOCOL.md §1)."""
 
 import contextlib
 import json
@@ -16,10 +16,10 @@ import pytest
 import requests
 from gevent.event import Event
 
-from kite import websocket
-from kite.server import make_server
-from kite.sockjs.client import dial
-from kite.sockjs.server import XHR_STREAMING_PRELUDE, SockJSServer
+from kite.transport import websocket
+from kite.transport.sockjs.client import dial
+from kite.transport.sockjs.server import XHR_STREAMING_PRELUDE, SockJSServer
+from kite.transport.wsgi import make_server
 
 HEARTBEAT = 0.3
 DISCONNECT = 0.5

@@ -10,7 +10,7 @@ import gevent
 import pytest
 
 from kite import Auth, TokenRenewer, testutil
-from kite.tokenrenewer import MIN_RENEW_INTERVAL, RENEW_BEFORE, RETRY_INTERVAL
+from kite.kontrolclient.tokenrenewer import MIN_RENEW_INTERVAL, RENEW_BEFORE, RETRY_INTERVAL
 
 NOW = 1_800_000_000
 

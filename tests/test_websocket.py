@@ -1,4 +1,4 @@
-"""kite.websocket: RFC 6455 with our frame codec, server (gevent-websocket upgrade) and client side.
+"""kite.transport.websocket: RFC 6455 with our frame codec, server (gevent-websocket upgrade) and client side.
 
 Real sockets on 127.0.0.1; "raw" tests speak bytes written by hand to check what
 the server does with frames a well-behaved client would never send.
@@ -14,9 +14,10 @@ import gevent
 import pytest
 from gevent.pywsgi import WSGIServer
 
-from kite import testkeys, websocket
-from kite.server import make_server
-from kite.websocket import HandshakeError, WebSocket, connect
+from kite import testkeys
+from kite.transport import websocket
+from kite.transport.websocket import HandshakeError, WebSocket, connect
+from kite.transport.wsgi import make_server
 
 # The key/accept pair of the Go capture (interop wire-websocket.log, conn 1).
 KEY = "q4pkL9EekDcKQT4uAvq6Sw=="

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kite.wsframes import (
+from kite.wire.wsframes import (
     BINARY,
     CLOSE,
     OP_BINARY,

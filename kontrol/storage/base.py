@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kite.protocol import KiteIdentity
+from kite.wire.protocol import KiteIdentity
 
 from .errors import InvalidKiteError, KeyPairDeletedError, KeyPairError
 from .query import KontrolQuery

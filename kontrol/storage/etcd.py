@@ -37,7 +37,7 @@ from etcd3gw import exceptions as etcd3_exceptions
 from etcd3gw.client import Etcd3Client
 from gevent.pool import Pool
 
-from kite.protocol import PATH_FIELDS, KiteIdentity
+from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
 from . import etcd3_wire as wire
 from . import etcd_common as common

@@ -36,7 +36,7 @@ import etcd
 import urllib3
 from gevent.pool import Pool
 
-from kite.protocol import PATH_FIELDS, KiteIdentity
+from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
 from . import etcd_common as common
 from .base import (

@@ -12,7 +12,7 @@ import gevent
 import requests
 from requests.adapters import HTTPAdapter
 
-from kite.protocol import PATH_FIELDS, KiteIdentity
+from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
 log = logging.getLogger(__name__)
 

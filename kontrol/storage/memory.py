@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kite.protocol import PATH_FIELDS, KiteIdentity
+from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
 from .base import (
     KeyPair,

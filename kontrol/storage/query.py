@@ -26,8 +26,8 @@ import functools
 from dataclasses import dataclass, fields
 from typing import Any
 
-from kite import protocol
-from kite.protocol import PATH_FIELDS, KiteIdentity
+from kite.wire import protocol
+from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
 from .errors import InvalidQueryError
 from .version import Constraints, is_version
@@ -51,7 +51,7 @@ def _parse_constraints(text: str) -> Constraints | None:
 
 @dataclass(frozen=True)
 class KontrolQuery(protocol.KontrolQuery):
-    """:class:`kite.protocol.KontrolQuery` with Kontrol's validation and matching rules."""
+    """:class:`kite.wire.protocol.KontrolQuery` with Kontrol's validation and matching rules."""
 
     # -- construction -------------------------------------------------------------------
 

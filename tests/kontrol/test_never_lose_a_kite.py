@@ -6,7 +6,7 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from kite.protocol import KiteIdentity
+from kite.wire.protocol import KiteIdentity
 from kontrol.registry import WEBSOCKET, Registry
 from kontrol.storage import KontrolQuery, open_storage
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kite.protocol import KiteIdentity
+from kite.wire.protocol import KiteIdentity
 from kontrol.storage import InvalidQueryError, KontrolQuery, get_audience
 from kontrol.storage.version import Constraints, Version, is_version
 

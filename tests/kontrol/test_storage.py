@@ -8,7 +8,7 @@ import uuid
 import gevent
 import pytest
 
-from kite.protocol import PATH_FIELDS, KiteIdentity
+from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 from kontrol.storage import (
     DEREGISTER,
     REGISTER,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 
-from .errors import RemoteProtocolError
+from kite.errors import RemoteProtocolError
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1

@@ -1,4 +1,4 @@
-"""The Go-style SockJS dialer (PROTOCOL.md §1.4): :func:`dial` returns a :class:`~kite.session.Session`.
+"""The Go-style SockJS dialer (PROTOCOL.md §1.4): :func:`dial` returns a :class:`~kite.transport.session.Session`.
 
 Transports:
 
@@ -38,16 +38,11 @@ import gevent
 from gevent.event import Event
 from gevent.queue import Queue
 
-from kite import websocket
 from kite.errors import RemoteProtocolError
-from kite.session import Session, SessionClosed
-from kite.sockjs.flush import HubFlush
-from kite.sockjs.frames import (
-    KIND_CLOSE,
-    KIND_MESSAGES,
-    decode_server_frame,
-    encode_client_payload,
-)
+from kite.transport import websocket
+from kite.transport.flush import HubFlush
+from kite.transport.session import Session, SessionClosed
+from kite.wire.sockjs import KIND_CLOSE, KIND_MESSAGES, decode_server_frame, encode_client_payload
 
 log = logging.getLogger("kite.sockjs")
 
@@ -129,7 +124,7 @@ class _ClientSession(Session):
 
     def close(self, code: int = 3000, reason: str = "Go away!") -> None:
         """Close the session: queued sends are flushed first (waiting at most
-        :data:`~kite.websocket.CLOSE_TIMEOUT`, so that a script that exits right
+        :data:`~kite.transport.websocket.CLOSE_TIMEOUT`, so that a script that exits right
         after ``close()`` still delivers them), then the transport is closed."""
         if not self._closed:
             self._closed = True
@@ -450,7 +445,7 @@ def dial(
     headers: Mapping[str, str] | None = None,
     verify: bool | str = True,
 ) -> Session:
-    """Connect to the kite at ``url`` and return the open :class:`~kite.session.Session`.
+    """Connect to the kite at ``url`` and return the open :class:`~kite.transport.session.Session`.
 
     ``url`` is the SockJS base URL, normally ``http(s)://host:port/kite``; a
     ``ws://``/``wss://`` URL dials a raw WebSocket instead. ``transport`` is

@@ -4,7 +4,7 @@ Every session coalesces its sends: ``send()`` only queues, and what is queued
 together leaves as one ``a[...]`` frame. A WebSocket session writes its queue
 before its reader waits for more input (so replies to the calls it just read go
 out together) or, for messages other greenlets queued, at the end of the loop
-turn from the hub (:mod:`kite.sockjs.flush`); an XHR session hands its queue to
+turn from the hub (:mod:`kite.transport.flush`); an XHR session hands its queue to
 the pending poll.
 """
 
@@ -20,11 +20,11 @@ import gevent
 from gevent.event import Event
 from gevent.queue import Queue
 
-from kite import websocket
 from kite.errors import RemoteProtocolError
-from kite.session import Session, SessionClosed
-from kite.sockjs.flush import HubFlush
-from kite.sockjs.frames import (
+from kite.transport import websocket
+from kite.transport.flush import HubFlush
+from kite.transport.session import Session, SessionClosed
+from kite.wire.sockjs import (
     ANOTHER_CONNECTION,
     GO_AWAY,
     HEARTBEAT,
@@ -35,7 +35,7 @@ from kite.sockjs.frames import (
 )
 
 if TYPE_CHECKING:
-    from kite.sockjs.server import SockJSServer
+    from .server import SockJSServer
 
 log = logging.getLogger("kite.sockjs")
 

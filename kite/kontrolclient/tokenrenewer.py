@@ -26,11 +26,11 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from .auth import TOKEN, token_expiry
-from .errors import KiteError
+from kite.auth import TOKEN, token_expiry
+from kite.errors import KiteError
 
 if TYPE_CHECKING:
-    from .client import Client
+    from kite.client import Client
 
 log = logging.getLogger("kite.tokenrenewer")
 

@@ -4,7 +4,7 @@ gevent-websocket does the server's HTTP upgrade handshake (its handler is the
 ``handler_class`` of our WSGI server and of the gunicorn worker), but its frame
 code mangles close codes, accepts unmasked client frames and has no size cap.
 So once the handshake is done, :meth:`WebSocket.from_environ` takes the
-connection over and drives it with our own frame codec (:mod:`kite.wsframes`,
+connection over and drives it with our own frame codec (:mod:`kite.wire.wsframes`,
 pure code, several times faster per frame than wsproto's generic one). On the
 dialing side, :func:`connect` does the HTTP handshake itself.
 
@@ -27,8 +27,8 @@ from gevent import ssl as gssl
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from . import wsframes
-from .wsframes import (
+from kite.wire import wsframes
+from kite.wire.wsframes import (
     CLOSE_ABNORMAL,
     CLOSE_INVALID_DATA,
     CLOSE_NO_STATUS,
@@ -40,7 +40,7 @@ from .wsframes import (
     encode_close,
     encode_frame,
 )
-from .wshandshake import HandshakeError, client_handshake
+from kite.wire.wshandshake import HandshakeError, client_handshake
 
 log = logging.getLogger("kite.websocket")
 

@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .errors import AuthenticationError
+from kite.errors import AuthenticationError
 
 #: The only signing algorithm accepted (Kontrol signs kite keys and tokens with it).
 ALGORITHM = "RS256"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 
 if TYPE_CHECKING:
-    from .kite import Kite
+    from kite.kite import Kite
 
 log = logging.getLogger("kite.heartbeat")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import KiteError
+from kite.errors import KiteError
 
 #: ``ErrNoKitesAvailable``, misspelt as in Go (callers may compare the text).
 NO_KITES_AVAILABLE = "no kites availabile"

@@ -4,13 +4,13 @@
 ``/info``, the SockJS-framed WebSocket ``/{server}/{session}/websocket``, the
 raw ``/websocket`` endpoint kite.js' ``ws`` clients use, the XHR polling and
 streaming transports, and EventSource. Each new session is handed to ``on_session`` -- the kite
-runtime's entry point -- as a :class:`~kite.session.Session`.
+runtime's entry point -- as a :class:`~kite.transport.session.Session`.
 
 The sessions themselves (and how they coalesce sends into one frame) are in
-:mod:`kite.sockjs.sessions`.
+:mod:`kite.transport.sockjs.sessions`.
 
 Run it under gevent's WSGI server with gevent-websocket's handler
-(:func:`kite.server.make_server`) or gunicorn's ``kite.server.GeventKiteWorker``.
+(:func:`kite.transport.wsgi.make_server`) or gunicorn's ``kite.server.GeventKiteWorker``.
 A peer's bad input never kills the server: every greenlet catches and logs.
 """
 
@@ -27,14 +27,12 @@ from typing import Any
 
 import gevent
 
-from kite import websocket
 from kite.errors import RemoteProtocolError
-from kite.session import Session
-from kite.sockjs.frames import (
-    GO_AWAY,
-    decode_client_payload,
-)
-from kite.sockjs.sessions import WebSocketSession, XhrSession
+from kite.transport import websocket
+from kite.transport.session import Session
+from kite.wire.sockjs import GO_AWAY, decode_client_payload
+
+from .sessions import WebSocketSession, XhrSession
 
 log = logging.getLogger("kite.sockjs")
 
@@ -107,7 +105,7 @@ def _respond(start_response: Callable, status: str, headers: list, body: bytes =
 class SockJSServer:
     """A SockJS endpoint as a WSGI application, for every path under ``prefix``.
 
-    ``on_session(session)`` is called with a :class:`~kite.session.Session` for
+    ``on_session(session)`` is called with a :class:`~kite.transport.session.Session` for
     every new session; it should read until ``recv()`` returns ``None`` and
     return. Afterwards the session is closed with ``c[3000,"Go away!"]`` if still
     open. WebSocket sessions run it in the request's greenlet; XHR sessions in a

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kite import jsoncodec
 from kite.errors import RemoteProtocolError
+
+from . import jsoncodec
 
 #: Frame sent once when a session opens.
 OPEN = "o"

@@ -17,7 +17,7 @@ import gevent
 if TYPE_CHECKING:
     from gevent.event import Event
 
-    from kite.websocket import WebSocket
+    from .websocket import WebSocket
 
 
 class HubFlush:

@@ -7,10 +7,10 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from .kontrolerrors import RegisterURLError
+from .errors import RegisterURLError
 
 if TYPE_CHECKING:
-    from .kite import Kite
+    from kite.kite import Kite
 
 #: Linux ``SIOCGIFADDR``: the IPv4 address of one interface (for :func:`local_ipv4`).
 _SIOCGIFADDR = 0x8915

@@ -20,8 +20,9 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from kite.errors import LocalProtocolError, RemoteProtocolError
+
 from . import jsoncodec
-from .errors import LocalProtocolError, RemoteProtocolError
 
 #: What a function looks like on the wire.
 FUNCTION_PLACEHOLDER = "[Function]"

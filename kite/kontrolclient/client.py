@@ -7,7 +7,7 @@ methods of :class:`~kite.Kite`:
   authenticated with the kite key and redialed forever (:meth:`KontrolClient.setup`);
 * registration over that connection (``register``, ``register_forever``) or over
   HTTP with heartbeats (``register_http``, ``register_http_forever``,
-  :mod:`kite.heartbeat`);
+  :mod:`kite.kontrolclient.heartbeat`);
 * lookups: ``get_kites`` (undialed clients with Kontrol tokens that renew
   themselves), ``dial_kite``, ``watch_kites``, ``get_token``, ``get_key``.
 
@@ -31,21 +31,17 @@ import gevent
 from gevent.event import AsyncResult, Event
 from gevent.pool import Group
 
+from kite.auth import KITE_KEY, TOKEN
+from kite.client import BACKOFF_JITTER, Client, backoff_delays
+from kite.errors import InvalidResponseError, TimeoutError, from_wire
+from kite.wire.protocol import Auth, KiteIdentity, KontrolQuery, RegisterResult
+
 from . import heartbeat
-from .auth import KITE_KEY, TOKEN
-from .client import BACKOFF_JITTER, Client, backoff_delays
-from .errors import InvalidResponseError, TimeoutError, from_wire
-from .kontrolerrors import (
-    KontrolError,
-    NoKitesAvailableError,
-    NoKontrolURLError,
-    RegisterError,
-)
-from .protocol import Auth, KiteIdentity, KontrolQuery, RegisterResult
+from .errors import KontrolError, NoKitesAvailableError, NoKontrolURLError, RegisterError
 from .tokenrenewer import TokenRenewer
 
 if TYPE_CHECKING:
-    from .kite import Kite
+    from kite.kite import Kite
 
 log = logging.getLogger("kite.kontrolclient")
 

@@ -1,0 +1,30 @@
+"""The kite side of Kontrol, the kite registry (PROTOCOL.md §7).
+
+:class:`KontrolClient` (``kite.kontrol``) holds the shared Kontrol connection and
+registers (over it, forever, or over HTTP with :mod:`.heartbeat`), finds
+(``get_kites``, ``dial_kite``), watches (:class:`Watcher`) and fetches tokens and
+keys; :class:`TokenRenewer` keeps a token client's credential fresh; the register
+URL is worked out in :mod:`.registerurl`; its errors are in :mod:`.errors`.
+"""
+
+from .client import KeyRenewer, KontrolClient, Watcher
+from .errors import (
+    KontrolError,
+    NoKitesAvailableError,
+    NoKontrolURLError,
+    RegisterError,
+    RegisterURLError,
+)
+from .tokenrenewer import TokenRenewer
+
+__all__ = [
+    "KeyRenewer",
+    "KontrolClient",
+    "KontrolError",
+    "NoKitesAvailableError",
+    "NoKontrolURLError",
+    "RegisterError",
+    "RegisterURLError",
+    "TokenRenewer",
+    "Watcher",
+]
