@@ -8,7 +8,7 @@ client sends a realistic kite call -- the 315-character dnode text a Python clie
 sends for ``square(3)``; SockJS-framed it is the 369-character ``["..."]`` a SockJS
 client sends -- and waits for the echo:
 
-* ``bare ws echo``: ``kite.transport.websocket.connect`` to a bare WebSocket echo
+* ``bare ws echo``: ``kite.transport.wsclient.connect`` to a bare WebSocket echo
   (``WebSocket.from_environ`` + ``recv_text``/``send_text``); the ``raw-websocket``
   rows send the dnode text, the ``sockjs-websocket`` rows its SockJS framing. This is
   the ceiling a kite call over that transport is compared with.
@@ -48,10 +48,10 @@ ECHO_TEXT = {"raw-websocket": CALL_TEXT, "sockjs-websocket": SOCKJS_CALL_TEXT}
 
 def bare_echo(url: str, text: str, window: int, n: int, warmup: int) -> common.Stats:
     """``n`` echoes of ``text`` on one bare WebSocket, ``window`` in flight."""
-    from kite.transport import websocket
+    from kite.transport import wsclient
 
     try:
-        ws = websocket.connect(url, timeout=10)
+        ws = wsclient.connect(url, timeout=10)
     except Exception as e:
         return common.Stats.failed(n, repr(e))
     try:

@@ -45,7 +45,7 @@ def child(scenario: str, calls: int) -> None:
     import ceiling
 
     if scenario == "echo":
-        from kite.transport import websocket
+        from kite.transport import websocket, wsclient
         from kite.transport.wsgi import make_server
 
         def app(environ, start_response):
@@ -58,7 +58,7 @@ def child(scenario: str, calls: int) -> None:
 
         server = make_server(app, "127.0.0.1", 0)
         server.start()
-        ws = websocket.connect(f"ws://127.0.0.1:{server.server_port}/ws", timeout=10)
+        ws = wsclient.connect(f"ws://127.0.0.1:{server.server_port}/ws", timeout=10)
         for _ in range(calls):
             ws.send_text(ceiling.CALL_TEXT)
             ws.recv_text()

@@ -54,10 +54,10 @@ def ceiling_contender(servers: common.Servers, transport: str, label: str) -> co
     text = ceiling.ECHO_TEXT[transport]
 
     def measure(n: int, warmup: int) -> common.Stats:
-        from kite.transport import websocket
+        from kite.transport import wsclient
 
         try:
-            ws = websocket.connect(url, timeout=10)
+            ws = wsclient.connect(url, timeout=10)
         except Exception as e:
             return common.Stats.failed(n, repr(e))
         try:

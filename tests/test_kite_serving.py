@@ -12,7 +12,7 @@ import pytest
 from gevent.event import Event
 
 from kite import ArgumentError, DisconnectError, GenericError, Kite, MethodNotFoundError, testkeys
-from kite.transport import websocket
+from kite.transport import wsclient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRANSPORTS = ["websocket", "xhr_polling", "xhr_streaming", "auto", "raw"]
@@ -189,7 +189,7 @@ def test_bad_input_on_the_wire_never_hurts_other_clients(math):
         ' "callbacks": {"0": [0, "responseCallback", 7, 8]}}',
         "[" * 50000,
     ]
-    ws = websocket.connect(raw_url, timeout=5)
+    ws = wsclient.connect(raw_url, timeout=5)
     for junk in junk_messages:
         ws.send_text(junk)
     # A well-formed call on the same connection still gets its answer afterwards.
@@ -210,7 +210,7 @@ def test_bad_input_on_the_wire_never_hurts_other_clients(math):
     # Oversized and garbage frames end only the offending connection.
     small = serve(make_math(max_message_size=1024))
     try:
-        ws = websocket.connect(f"ws://127.0.0.1:{small.port}/kite/websocket", timeout=5)
+        ws = wsclient.connect(f"ws://127.0.0.1:{small.port}/kite/websocket", timeout=5)
         ws.send_text("x" * 4096)
         assert ws.recv_text() is None and ws.close_code == 1009
     finally:
@@ -233,7 +233,7 @@ def square_call(x: int, cb_id: int) -> str:
 def test_replies_to_calls_read_together_leave_in_one_frame(math):
     # One SockJS frame with three calls: the kite runs them as it reads them and
     # writes the three replies as one a[...] frame before it reads again.
-    ws = websocket.connect(f"ws://127.0.0.1:{math.port}/kite/0/session/websocket", timeout=5)
+    ws = wsclient.connect(f"ws://127.0.0.1:{math.port}/kite/0/session/websocket", timeout=5)
     assert ws.recv_text() == "o"
     ws.send_text(json.dumps([square_call(i, 100 + i) for i in range(3)]))
     frame = ws.recv_text()

@@ -186,14 +186,14 @@ def test_auto_falls_back_to_xhr_when_websocket_is_refused():
         assert info.value.status_code == 400
         assert base in str(info.value)
         session = dial(base, transport="auto", timeout=5)
-        assert type(session).__name__ == "_XhrClientSession"
+        assert type(session).__name__ == "XhrClientSession"
         assert roundtrip(session, ["fell back"]) == ["fell back"]
         session.close()
 
 
 def test_auto_prefers_websocket(kite):
     session = dial(kite.base, transport="auto", timeout=5)
-    assert type(session).__name__ == "_WebSocketClientSession"
+    assert type(session).__name__ == "WebSocketClientSession"
     session.close()
 
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 from gevent.event import Event
 
-from kite.transport import websocket
+from kite.transport import wsclient
 from kite.transport.sockjs.client import dial
 from kite.transport.sockjs.server import XHR_STREAMING_PRELUDE, SockJSServer
 from kite.transport.wsgi import make_server
@@ -77,7 +77,7 @@ class Kite:
         return self.http.post(url, data=data, timeout=5, **kwargs)
 
     def sockjs_ws(self):
-        ws = websocket.connect(f"{self.ws_base}/123/{random.getrandbits(64):x}/websocket", timeout=5)
+        ws = wsclient.connect(f"{self.ws_base}/123/{random.getrandbits(64):x}/websocket", timeout=5)
         assert ws.recv_text() == "o"
         return ws
 
@@ -361,7 +361,7 @@ def test_unmasked_frame_on_sockjs_websocket_is_1002(kite):
 
 
 def test_raw_websocket(kite):
-    ws = websocket.connect(f"{kite.ws_base}/websocket", timeout=5)
+    ws = wsclient.connect(f"{kite.ws_base}/websocket", timeout=5)
     ws.send_text('{"method":"x"}')
     assert ws.recv_text() == '{"method":"x"}'  # no "o", no SockJS framing
     ws.send_texts(["1", "2"])

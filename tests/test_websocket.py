@@ -16,7 +16,8 @@ from gevent.pywsgi import WSGIServer
 
 from kite import testkeys
 from kite.transport import websocket
-from kite.transport.websocket import HandshakeError, WebSocket, connect
+from kite.transport.websocket import WebSocket
+from kite.transport.wsclient import HandshakeError, connect
 from kite.transport.wsgi import make_server
 
 # The key/accept pair of the Go capture (interop wire-websocket.log, conn 1).

@@ -5,8 +5,8 @@ gevent-websocket does the server's HTTP upgrade handshake (its handler is the
 code mangles close codes, accepts unmasked client frames and has no size cap.
 So once the handshake is done, :meth:`WebSocket.from_environ` takes the
 connection over and drives it with our own frame codec (:mod:`kite.wire.wsframes`,
-pure code, several times faster per frame than wsproto's generic one). On the
-dialing side, :func:`connect` does the HTTP handshake itself.
+pure code, several times faster per frame than wsproto's generic one). The dialing
+side is :mod:`kite.transport.wsclient`.
 
 Only gevent's own ``socket`` and ``ssl`` modules are used, so everything here is
 cooperative in a process that never called ``monkey.patch_all()``.
@@ -19,11 +19,9 @@ import socket as _socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import gevent
 from gevent import socket as gsocket
-from gevent import ssl as gssl
 from gevent.event import Event
 from gevent.lock import Semaphore
 
@@ -40,7 +38,6 @@ from kite.wire.wsframes import (
     encode_close,
     encode_frame,
 )
-from kite.wire.wshandshake import HandshakeError, client_handshake
 
 log = logging.getLogger("kite.websocket")
 
@@ -67,11 +64,9 @@ __all__ = [
     "CLOSE_NORMAL",
     "CLOSE_PROTOCOL_ERROR",
     "CLOSE_TOO_BIG",
-    "HandshakeError",
     "MAX_MESSAGE_SIZE",
     "WebSocket",
     "WebSocketClosed",
-    "connect",
     "set_nodelay",
 ]
 
@@ -97,7 +92,8 @@ class WebSocket:
     with the RFC code (1002 protocol error / unmasked frame, 1007 invalid UTF-8,
     1009 too big).
 
-    Build one with :meth:`from_environ` (server) or :func:`connect` (client).
+    Build one with :meth:`from_environ` (server) or
+    :func:`kite.transport.wsclient.connect` (client).
     """
 
     def __init__(
@@ -444,67 +440,3 @@ class WebSocket:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<WebSocket {self.remote_addr or '?'} {state}>"
-
-
-# -- client side ----------------------------------------------------------------------
-
-
-def _wrap_client_ssl(sock: Any, ssl_context: Any, hostname: str) -> Any:
-    """TLS over a gevent socket with gevent's SSLSocket, whatever kind of context we got.
-
-    (``gevent.ssl.create_default_context()`` returns a stdlib context in an
-    unpatched process; its own ``wrap_socket`` would block the whole process.)
-    """
-    ctx = ssl_context if ssl_context is not None else gssl.create_default_context()
-    return gssl.SSLSocket(sock=sock, server_hostname=hostname, _context=ctx)
-
-
-def connect(
-    url: str,
-    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-    timeout: float | None = None,
-    max_message_size: int = MAX_MESSAGE_SIZE,
-    ssl_context: Any = None,
-) -> WebSocket:
-    """Open a client WebSocket to ``url`` (``ws://``, ``wss://``; ``http(s)://`` mean the same).
-
-    ``headers`` are extra request headers (e.g. ``Origin``). ``timeout`` bounds
-    the TCP connect, the TLS handshake and the WebSocket handshake together;
-    when it expires :class:`TimeoutError` is raised. A refused upgrade raises
-    :class:`HandshakeError` (its ``status_code`` tells what the server said);
-    network failures raise :class:`OSError`.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme in ("ws", "http"):
-        secure = False
-    elif scheme in ("wss", "https"):
-        secure = True
-    else:
-        raise ValueError(f"invalid scheme in WebSocket url {url!r}")
-    host = parts.hostname
-    if not host:
-        raise ValueError(f"no host in WebSocket url {url!r}")
-    port = parts.port or (443 if secure else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = parts.netloc.rpartition("@")[2]
-    sock = None
-    try:
-        with gevent.Timeout(timeout, TimeoutError(f"WebSocket connect to {url} timed out after {timeout} s")):
-            sock = gsocket.create_connection((host, port))
-            set_nodelay(sock)
-            if secure:
-                sock = _wrap_client_ssl(sock, ssl_context, host)
-            early = client_handshake(sock, host_header, target, headers, url)
-    except BaseException:
-        if sock is not None:
-            sock.close()
-        raise
-    return WebSocket(
-        sock,
-        client=True,
-        owns_socket=True,
-        max_message_size=max_message_size,
-        remote_addr=f"{host}:{port}",
-        received=early,
-    )
