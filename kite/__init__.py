@@ -21,15 +21,17 @@ from .errors import (
 )
 from .kite import Kite
 from .kitekey import KiteKeyError, KiteKeyNotFoundError
-from .kontrolclient.client import KeyRenewer, KontrolClient, Watcher
-from .kontrolclient.errors import (
+from .kontrolclient import (
+    KeyRenewer,
+    KontrolClient,
     KontrolError,
     NoKitesAvailableError,
     NoKontrolURLError,
     RegisterError,
     RegisterURLError,
+    TokenRenewer,
+    Watcher,
 )
-from .kontrolclient.tokenrenewer import TokenRenewer
 from .method import RETURN_FIRST, RETURN_LATEST, RETURN_METHOD, Method
 from .request import Request
 from .wire.protocol import Auth, KiteIdentity, KontrolQuery, RegisterResult

@@ -21,24 +21,16 @@ from gevent.event import Event
 
 from . import handlers as builtin_handlers
 from .auth import KITE_KEY, TOKEN, Verifier, load_public_key
+from .calls import serve_call
 from .client import Client
 from .config import Config
 from .connection import Connection
-from .errors import (
-    AuthenticationError,
-    GenericError,
-    KiteError,
-    LocalProtocolError,
-    MethodNotFoundError,
-    SendError,
-    to_kite_error,
-)
-from .kontrolclient.client import KeyRenewer, KontrolClient, Watcher
-from .kontrolclient.registerurl import register_url as _register_url
+from .kontrolclient.client import KontrolClient
+from .kontrolclient.kitemethods import KontrolMethods
 from .log import new_logger, setup_signal_handler
 from .method import RETURN_METHOD, Handler, HandlerFunc, Method, as_handler
 from .request import Request
-from .wire.protocol import Auth, KiteIdentity, RegisterResult, validate_name_version
+from .wire.protocol import Auth, KiteIdentity, validate_name_version
 
 #: Path prefix of the SockJS endpoint, as in Go kites.
 SOCKJS_PREFIX = "/kite"
@@ -46,8 +38,11 @@ SOCKJS_PREFIX = "/kite"
 Authenticator = Callable[[Request], None]
 
 
-class Kite:
+class Kite(KontrolMethods):
     """A kite: RPC server and client at once.
+
+    Its Kontrol methods (``register``, ``get_kites``, ...) come from
+    :class:`~kite.kontrolclient.kitemethods.KontrolMethods`.
 
     >>> k = Kite("math", "1.0.0")
     >>> k.handle_func("square", lambda r: r.args.one().must_float64() ** 2)  # doctest: +ELLIPSIS
@@ -263,129 +258,6 @@ class Kite:
             load_public_key(public_key)  # a bad key fails here (ValueError), before it is adopted
             self.config.kontrol_key = public_key
 
-    # -- Kontrol (kontrolclient.py) ----------------------------------------
-
-    def setup_kontrol_client(self) -> Client:
-        """The shared Kontrol connection (kiteKey auth, redialed forever), created on first use.
-
-        Every Kontrol method calls this; call it early to connect sooner. Raises
-        :class:`~kite.kontrolclient.NoKontrolURLError` without ``config.kontrol_url``.
-        """
-        return self.kontrol.setup()
-
-    def kontrol_ready_notify(self) -> Event:
-        """An event set after the first successful registration with Kontrol (any kind)."""
-        return self.kontrol.ready_notify()
-
-    def on_register(self, fn: Callable[[RegisterResult], Any]) -> Callable[[RegisterResult], Any]:
-        """Run ``fn(result)`` after every successful registration (usable as a decorator).
-
-        Keys Kontrol returns (``kiteKey``/``publicKey``) are applied before the handlers run.
-        """
-        return self.kontrol.on_register(fn)
-
-    def register(self, url: str) -> RegisterResult:
-        """Register ``url`` with Kontrol once, over the Kontrol connection (§7.2).
-
-        Waits up to ``config.timeout`` for the connection and as long for the reply.
-        A rotated ``kiteKey``/``publicKey`` in the result is adopted (:meth:`update_auth`).
-        Kontrol then drives the built-in ``kite.heartbeat`` on this connection.
-        Raises the call's :class:`~kite.errors.KiteError` on failure.
-        """
-        return self.kontrol.register(url)
-
-    def register_forever(self, url: str) -> None:
-        """Register ``url`` and keep it registered, as Go's ``RegisterForever``.
-
-        A failed attempt is retried every ``kontrol.retry_interval`` seconds (10),
-        and ``url`` is registered again on every Kontrol reconnect. Returns after
-        the first success, or raises the first failure while retrying goes on in
-        the background (until :meth:`close`).
-        """
-        self.kontrol.register_forever(url)
-
-    def register_http(self, url: str) -> RegisterResult:
-        """Register ``url`` with ``POST <kontrol>/register`` and heartbeat over HTTP (§7.7).
-
-        Heartbeats (``GET /heartbeat?id=<id>``) go every ``heartbeatInterval``
-        seconds; on ``registeragain`` the kite runs :meth:`register_http_forever`.
-        A later websocket registration replaces the HTTP heartbeat (one ticker per
-        kite). Needs a monkey-patched process (it uses ``requests``). Raises
-        :class:`~kite.kontrolclient.RegisterError`.
-        """
-        return self.kontrol.register_http(url)
-
-    def register_http_forever(
-        self,
-        url: str,
-        *,
-        initial: float | None = None,
-        multiplier: float | None = None,
-        max_interval: float | None = None,
-    ) -> RegisterResult:
-        """:meth:`register_http` until it works (blocking), with exponential back-off.
-
-        Waits 30 s after the first failure, then x1.7 per failure up to 5 min,
-        each +-50 % at random (override per call, or via ``kontrol.http_register_*``).
-        """
-        return self.kontrol.register_http_forever(
-            url, initial=initial, multiplier=multiplier, max_interval=max_interval
-        )
-
-    def register_url(self, local: bool = True) -> str:
-        """The URL to register: ``http(s)://<ip>:<port>/kite`` with the bound port (§1.6).
-
-        ``local``: the first non-loopback IPv4 address of the host. Otherwise
-        ``config.ip``, which must then be a public IP (nothing is fetched from the
-        internet). Raises :class:`~kite.kontrolclient.RegisterURLError`.
-        """
-        return _register_url(self, local)
-
-    def get_kites(self, query: Any = None, **fields: str) -> list[Client]:
-        """The kites matching ``query`` (a dict, :class:`KiteIdentity`, ``KontrolQuery`` or keyword fields).
-
-        Returns **undialed** clients (``.kite``, ``.url``, token ``.auth``) whose
-        tokens renew themselves through Kontrol ``getToken`` while connected.
-        Raises :class:`~kite.kontrolclient.NoKitesAvailableError` when none matches.
-        """
-        return self.kontrol.get_kites(query, **fields)
-
-    def dial_kite(self, query: Any = None, timeout: float | None = None, **fields: str) -> Client:
-        """Dial one of the kites matching ``query``, in random order, failing over to the next.
-
-        Returns the dialed client; raises the last dial error if none answers
-        (``timeout`` bounds each dial; default: the client's dial timeout).
-        """
-        return self.kontrol.dial_kite(query, timeout, **fields)
-
-    def watch_kites(self, query: Any, callback: Callable[[dict], Any], **fields: str) -> Watcher:
-        """Call ``callback(event)`` for matching kites registering and deregistering.
-
-        The current kites arrive first as ``REGISTER`` events. Note that Go Kontrols
-        ignore watching (§7.9). Returns a :class:`~kite.kontrolclient.Watcher`; ``.cancel()`` stops it.
-        """
-        return self.kontrol.watch_kites(query, callback, **fields)
-
-    def get_token(self, query: Any, force: bool = False) -> str:
-        """A Kontrol token for the one kite ``query`` matches (``getToken``, §7.4).
-
-        ``force`` asks a 2018 Kontrol for a fresh token instead of a cached one.
-        """
-        return self.kontrol.get_token(query, force)
-
-    def get_key(self) -> str:
-        """Fetch Kontrol's public key (``getKey``) and trust it from now on (``config.kontrol_key``)."""
-        return self.kontrol.get_key()
-
-    def tell_kontrol_with_timeout(self, method: str, timeout: float | None, *args: Any) -> Any:
-        """Call any Kontrol ``method``; waits up to ``config.timeout`` for the connection
-        (else :class:`~kite.errors.TimeoutError`) and ``timeout`` seconds for the reply."""
-        return self.kontrol.tell(method, timeout, *args)
-
-    def new_key_renewer(self, interval: float) -> KeyRenewer:
-        """Call :meth:`get_key` every ``interval`` seconds; returns a handle with ``.stop()``."""
-        return self.kontrol.new_key_renewer(interval)
-
     # -- serving calls -----------------------------------------------------
 
     def _handle_call_for(self, client: Client) -> Callable[[Connection, str, list], None]:
@@ -395,56 +267,7 @@ class Kite:
         return handle
 
     def _handle_call(self, client: Client, method_name: str, arguments: list) -> None:
-        options = arguments[0] if arguments and isinstance(arguments[0], dict) else None
-        respond = options.get("responseCallback") if options is not None else None
-        if not callable(respond):
-            respond = None
-        method = self._methods.get(method_name)
-        if method is None:
-            _reply(respond, MethodNotFoundError(f"Method not found: {method_name}"), None)
-            return
-        if options is None or len(arguments) != 1:
-            _reply(respond, GenericError("invalid call: arguments must be one options object"), None)
-            return
-        if not client._dialed and not client._first_request_done:
-            client._first_request_done = True
-            client.kite = KiteIdentity.from_wire(options.get("kite"))
-            for fn in self._on_first_request:
-                client._run_handler(fn)
-        auth = options.get("authentication")
-        request = Request(
-            method_name,
-            options.get("withArgs"),
-            self,
-            client,
-            username="" if client._dialed else client.kite.username,
-            auth=Auth(str(auth.get("type", "")), str(auth.get("key", ""))) if isinstance(auth, dict) else None,
-        )
-        try:
-            if method.auth_required and not client._dialed:
-                self._authenticate(request)
-            result = method.serve(request, self._pre_handlers, self._post_handlers)
-        except Exception as exc:
-            if not isinstance(exc, KiteError):
-                self.log.debug("method %s failed: %r", method_name, exc)
-            _reply(respond, to_kite_error(exc), None)
-            return
-        _reply(respond, None, result)
-
-    def _authenticate(self, request: Request) -> None:
-        """Check the request's credentials with the authenticator for their type (§5.2)."""
-        auth = request.auth
-        if auth is None:
-            raise AuthenticationError("No authentication information is provided")
-        authenticator = self.authenticators.get(auth.type)
-        if authenticator is None:
-            raise AuthenticationError(f"Unknown authentication type: {auth.type}")
-        try:
-            authenticator(request)
-        except Exception as exc:
-            reason = exc.message if isinstance(exc, KiteError) else str(exc)
-            raise AuthenticationError(f"{auth.type}: {reason}") from None
-        request.client.kite.username = request.username
+        serve_call(self, client, method_name, arguments)
 
     # -- WSGI and serving --------------------------------------------------
 
@@ -576,14 +399,3 @@ class Kite:
         """Toggle DEBUG logging on SIGUSR2, like Go kites."""
         setup_signal_handler(self.log)
 
-
-def _reply(respond: Callable[..., None] | None, error: KiteError | None, result: Any) -> None:
-    if respond is None:
-        return
-    response = {"error": None if error is None else error.to_wire(), "result": result}
-    try:
-        respond(response)
-    except LocalProtocolError as exc:
-        respond({"error": GenericError(f"cannot encode result: {exc}").to_wire(), "result": None})
-    except SendError:
-        pass  # the caller has gone; nothing to tell

@@ -7,7 +7,7 @@ keys; :class:`TokenRenewer` keeps a token client's credential fresh; the registe
 URL is worked out in :mod:`.registerurl`; its errors are in :mod:`.errors`.
 """
 
-from .client import KeyRenewer, KontrolClient, Watcher
+from .client import KontrolClient
 from .errors import (
     KontrolError,
     NoKitesAvailableError,
@@ -15,7 +15,9 @@ from .errors import (
     RegisterError,
     RegisterURLError,
 )
+from .keyrenewer import KeyRenewer
 from .tokenrenewer import TokenRenewer
+from .watch import Watcher
 
 __all__ = [
     "KeyRenewer",

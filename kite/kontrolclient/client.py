@@ -33,12 +33,14 @@ from gevent.pool import Group
 
 from kite.auth import KITE_KEY, TOKEN
 from kite.client import BACKOFF_JITTER, Client, backoff_delays
-from kite.errors import InvalidResponseError, TimeoutError, from_wire
-from kite.wire.protocol import Auth, KiteIdentity, KontrolQuery, RegisterResult
+from kite.errors import InvalidResponseError, TimeoutError
+from kite.wire.protocol import Auth, KiteIdentity, KontrolQuery, RegisterResult, parse_get_kites_result
 
 from . import heartbeat
 from .errors import KontrolError, NoKitesAvailableError, NoKontrolURLError, RegisterError
+from .keyrenewer import KeyRenewer
 from .tokenrenewer import TokenRenewer
+from .watch import Watcher
 
 if TYPE_CHECKING:
     from kite.kite import Kite
@@ -58,106 +60,6 @@ HTTP_REGISTER_MAX = 300.0
 HTTP_REGISTER_JITTER = BACKOFF_JITTER
 #: The name shown for the Kontrol connection in logs (Go sets the same).
 KONTROL_NAME = "kontrol"
-# --------------------------------------------------------------------------- watchers
-
-
-class Watcher:
-    """A running :meth:`~kite.Kite.watch_kites`; :meth:`cancel` stops it.
-
-    Events are dicts ``{"action": "REGISTER"|"DEREGISTER", "kite": {...}, "url"?, "token"?}``.
-    After a Kontrol reconnect the query is watched again (as the 2016 Go kite did),
-    which delivers the current kites as ``REGISTER`` events once more.
-    """
-
-    def __init__(self, kontrol: KontrolClient, query: KontrolQuery, callback: Callable[[dict], Any]):
-        self.query = query
-        self.callback = callback
-        #: The ``watcherID`` Kontrol returned, or ``""`` (the Go Kontrols return none).
-        self.id = ""
-        self.cancelled = False
-        self._kontrol = kontrol
-        self._watch_callback = self._on_watch_callback  # one object, so cancel() can find it
-
-    def __repr__(self) -> str:
-        return f"<Watcher {self.query} id={self.id!r} cancelled={self.cancelled}>"
-
-    def _watch(self) -> None:
-        entries, self.id = self._kontrol._get_kites(self.query, self._watch_callback)
-        for entry in entries:
-            self._emit({"action": "REGISTER", "kite": entry["kite"], "url": entry["url"], "token": entry["token"]})
-
-    def _rewatch(self) -> None:
-        try:
-            self._watch()
-        except Exception as exc:
-            log.error("cannot watch %s again after reconnecting to Kontrol: %s", self.query, exc)
-
-    def _on_watch_callback(self, *args: Any) -> None:
-        """Kontrol's ``watchCallback({"error": ..., "result": <KiteEvent>})``."""
-        if self.cancelled:
-            return
-        response = args[0] if args else None
-        if not isinstance(response, dict):
-            log.warning("watch %s: ignoring malformed event %r", self.query, response)
-            return
-        if response.get("error") is not None:
-            log.warning("watch %s: Kontrol sent an error: %s", self.query, from_wire(response["error"]))
-            return
-        event = response.get("result")
-        if not isinstance(event, dict) or not isinstance(event.get("action"), str):
-            log.warning("watch %s: ignoring malformed event %r", self.query, event)
-            return
-        self._emit(event)
-
-    def _emit(self, event: dict) -> None:
-        if self.cancelled:
-            return
-        try:
-            self.callback(event)
-        except Exception:
-            log.exception("watch callback %r failed", self.callback)
-
-    def cancel(self) -> None:
-        """Stop delivering events; with a ``watcherID``, also tell Kontrol (``cancelWatcher``).
-
-        Local delivery stops even if that call fails (its error is raised).
-        """
-        if self.cancelled:
-            return
-        self.cancelled = True
-        self._kontrol._forget_watcher(self)
-        if self.id:
-            self._kontrol.tell("cancelWatcher", self._kontrol.kite.config.timeout, self.id)
-
-
-class KeyRenewer:
-    """Fetches Kontrol's public key every ``interval`` seconds (:meth:`~kite.Kite.new_key_renewer`)."""
-
-    def __init__(self, kontrol: KontrolClient, interval: float):
-        if interval <= 0:
-            raise ValueError(f"key renewal interval must be positive, got {interval!r}")
-        self.interval = interval
-        self._kontrol = kontrol
-        self._greenlet = kontrol._spawn(self._run)
-
-    def _run(self) -> None:
-        while True:
-            gevent.sleep(self.interval)
-            try:
-                self._kontrol.get_key()
-            except Exception as exc:
-                self._kontrol.kite.log.warning("Key renew failed: %s", exc)
-
-    @property
-    def running(self) -> bool:
-        return not self._greenlet.dead
-
-    def stop(self) -> None:
-        """Stop renewing (idempotent)."""
-        self._greenlet.kill(block=False)
-
-
-# --------------------------------------------------------------------------- the client
 
 
 class KontrolClient:
@@ -425,25 +327,10 @@ class KontrolClient:
         """``getKites``: the validated entries and the ``watcherID`` (or ``""``)."""
         args = {"query": query.to_wire(), "watchCallback": watch_callback, "who": None}
         raw = self.tell("getKites", self.kite.config.timeout, args)
-        if not isinstance(raw, dict):
-            raise InvalidResponseError(f"getKites: result must be an object, got {type(raw).__name__}")
-        kites = raw.get("kites")
-        if kites is None:
-            kites = []
-        if not isinstance(kites, list):
-            raise InvalidResponseError("getKites: result.kites must be an array")
-        entries = []
-        for entry in kites:
-            if not (
-                isinstance(entry, dict)
-                and isinstance(entry.get("kite"), dict)
-                and isinstance(entry.get("url"), str)
-                and isinstance(entry.get("token"), str)
-            ):
-                raise InvalidResponseError(f"getKites: malformed kite entry {entry!r}")
-            entries.append(entry)
-        watcher_id = raw.get("watcherID")
-        return entries, watcher_id if isinstance(watcher_id, str) else ""
+        try:
+            return parse_get_kites_result(raw)
+        except ValueError as exc:
+            raise InvalidResponseError(f"getKites: {exc}") from None
 
     def get_kites(self, query: Any = None, **fields: str) -> list[Client]:
         """Undialed token clients for the matching kites; see :meth:`kite.Kite.get_kites`."""

@@ -183,3 +183,28 @@ class RegisterResult:
                 raise ValueError(f"register result heartbeatInterval must be a non-negative number, got {interval!r}")
             out.heartbeat_interval = int(interval)
         return out
+
+
+def parse_get_kites_result(raw: Any) -> tuple[list[dict[str, Any]], str]:
+    """The entries and the ``watcherID`` (or ``""``) of a ``getKites`` result (§7.3).
+
+    Each entry is ``{"kite": {...}, "url": str, "token": str}``; a missing or null
+    ``kites`` means none. Raises ``ValueError`` naming what is malformed.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"result must be an object, got {type(raw).__name__}")
+    kites = raw.get("kites")
+    if kites is None:
+        kites = []
+    if not isinstance(kites, list):
+        raise ValueError("result.kites must be an array")
+    for entry in kites:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("kite"), dict)
+            and isinstance(entry.get("url"), str)
+            and isinstance(entry.get("token"), str)
+        ):
+            raise ValueError(f"malformed kite entry {entry!r}")
+    watcher_id = raw.get("watcherID")
+    return list(kites), watcher_id if isinstance(watcher_id, str) else ""
