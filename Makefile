@@ -24,12 +24,13 @@ etcd-server:
 
 deps: $(VENV)/.installed $(KITEJS)/node_modules/.installed etcd-server
 
-test: deps
-	$(PY) -m ruff check kite kontrol examples tests bench
+test: deps lint
 	$(PY) -m pytest
 
+# Style, the layer contracts of setup.cfg (DESIGN.md) and the types.
 lint: $(VENV)/.installed
 	$(PY) -m ruff check kite kontrol examples tests bench
+	$(VENV)/bin/lint-imports --no-cache
 
 # The main job: Kontrol on sqlite, the math kite registered to it, a client finding it.
 # KITE_HOME keeps the generated kite.key and database inside the project.
