@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING
 import gevent
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gevent.event import Event
 
     from .websocket import WebSocket
 
 
 class HubFlush:
-    """Mixin for a session with ``_pending``, ``_closed``, ``_wakeup`` and ``_ws``.
+    """Mixin for a session with ``_pending``, ``_closed``, ``_wakeup``, ``_ws`` and ``_sockjs``.
 
     The session's ``send`` calls :meth:`_queue`; its writer loop sets
     :attr:`_writer_idle` while parked and sends :attr:`_tail` first.
@@ -31,6 +33,10 @@ class HubFlush:
     _closed: bool
     _wakeup: Event
     _ws: WebSocket
+    #: SockJS-framed (else raw: one WebSocket message per message).
+    _sockjs: bool
+    #: The text of one SockJS frame carrying a batch: ``a[...]`` from a server, ``[...]`` from a client.
+    _sockjs_payload: Callable[[list[str]], str]
 
     def _init_flush(self) -> None:
         self._writer_idle = False  # parked with nothing to write: the hub may write directly
@@ -40,8 +46,10 @@ class HubFlush:
         self._ws.before_read = self._flush_before_read
 
     def _frame(self, messages: list[str]) -> bytes:
-        """The bytes that carry ``messages`` (one SockJS frame, or one WebSocket frame each)."""
-        raise NotImplementedError
+        """The bytes that carry ``messages``: one SockJS frame, or raw, one WebSocket frame each."""
+        if self._sockjs:
+            return self._ws.text_frame(self._sockjs_payload(messages))
+        return b"".join(map(self._ws.text_frame, messages))
 
     def _send_tail(self) -> bool:
         """In the writer: send what a direct write left over; ``False`` if there was nothing."""

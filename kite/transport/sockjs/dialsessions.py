@@ -153,6 +153,8 @@ class ClientSession(Session):
 class WebSocketClientSession(HubFlush, ClientSession):
     """A dialed WebSocket, SockJS-framed or raw; sends are flushed at the end of each loop turn."""
 
+    _sockjs_payload = staticmethod(encode_client_payload)
+
     def __init__(self, ws: websocket.WebSocket, sockjs: bool):
         self._ws = ws
         self._sockjs = sockjs
@@ -165,11 +167,6 @@ class WebSocketClientSession(HubFlush, ClientSession):
         if self._closed:
             raise SessionClosed(f"session to {self.remote_addr} is closed")
         self._queue(message)
-
-    def _frame(self, messages: list[str]) -> bytes:
-        if self._sockjs:
-            return self._ws.text_frame(encode_client_payload(messages))
-        return b"".join(map(self._ws.text_frame, messages))
 
     def recv(self) -> str | None:
         while True:

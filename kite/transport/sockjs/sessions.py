@@ -98,6 +98,8 @@ class WebSocketSession(HubFlush, ServerSession):
     frames, the close) goes to a writer greenlet.
     """
 
+    _sockjs_payload = staticmethod(encode_messages)
+
     def __init__(self, ws: websocket.WebSocket, *, sockjs: bool, heartbeat_interval: float, session_id: str = ""):
         super().__init__(session_id or "raw", ws.remote_addr)
         self._ws = ws
@@ -113,11 +115,6 @@ class WebSocketSession(HubFlush, ServerSession):
         if self._closed:
             raise SessionClosed(f"session {self.id} to {self.remote_addr} is closed")
         self._queue(message)
-
-    def _frame(self, messages: list[str]) -> bytes:
-        if self._sockjs:
-            return self._ws.text_frame(encode_messages(messages))
-        return b"".join(map(self._ws.text_frame, messages))
 
     def start(self) -> None:
         self._writer = gevent.spawn(self._write_loop)
