@@ -17,7 +17,6 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import argparse  # noqa: E402
 import sys  # noqa: E402
 
 import bench_square  # noqa: E402
@@ -70,23 +69,14 @@ def callback_contenders(servers: common.Servers) -> list[common.Contender]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=None, help="seconds per run (default 1; 0.2 with --quick)")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-    ap.add_argument("--quick", action="store_true", help="short runs, for a smoke run")
-    ap.add_argument("--pin", choices=common.PIN_MODES, default="same", help="CPU pinning (default: same)")
-    opts = ap.parse_args()
-    seconds = opts.seconds or (0.2 if opts.quick else 1.0)
-    common.install_cleanup()
-    pinning = common.pin_cpus(opts.pin)
+    rounds, seconds, pinning = common.alternating_setup(__doc__, seconds=1.0, quick_seconds=0.2, rounds=3)
     servers = common.Servers()
     try:
         rows = callback_contenders(servers)
-        common.alternate(rows, opts.rounds, seconds, "callbacks")
+        common.alternate(rows, rounds, seconds, "callbacks")
     finally:
         servers.stop()
-    print(f"callbacks: medians of {opts.rounds} alternating runs of ~{seconds:g} s\n"
-          f"{common.machine_info(servers.node)}; {pinning}\n")
+    print(common.alternating_header("callbacks", rounds, seconds, servers.node, pinning))
     print(common.contender_table(rows).render())
     return 1 if common.report_failures(rows) else 0
 

@@ -27,7 +27,6 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 
@@ -46,39 +45,37 @@ SOCKJS_CALL_TEXT = json.dumps([CALL_TEXT], separators=(",", ":"))
 ECHO_TEXT = {"raw-websocket": CALL_TEXT, "sockjs-websocket": SOCKJS_CALL_TEXT}
 
 
-def bare_echo(url: str, text: str, window: int, n: int, warmup: int) -> common.Stats:
-    """``n`` echoes of ``text`` on one bare WebSocket, ``window`` in flight."""
+def bare_link(url: str) -> common.Link:
+    """A bare WebSocket to ``url``: its ``(send, recv, close)`` for :func:`common.pipeline_stats`."""
     from kite.transport import wsclient
 
-    try:
-        ws = wsclient.connect(url, timeout=10)
-    except Exception as e:
-        return common.Stats.failed(n, repr(e))
-    try:
-        common.run_pipeline(ws.send_text, ws.recv_text, text, window, warmup)
-        return common.run_pipeline(ws.send_text, ws.recv_text, text, window, n)
-    except Exception as e:
-        return common.Stats.failed(n, repr(e))
-    finally:
+    ws = wsclient.connect(url, timeout=10)
+
+    def close() -> None:
         ws.close()
         ws.wait_closed()
+
+    return ws.send_text, ws.recv_text, close
+
+
+def bare_echo(url: str, text: str, window: int, n: int, warmup: int, reply_size: int | None = None) -> common.Stats:
+    """``n`` echoes of ``text`` on one bare WebSocket, ``window`` in flight.
+
+    Every reply must be ``reply_size`` characters long (default: ``len(text)``, an echo).
+    """
+    return common.pipeline_stats(lambda: bare_link(url), text, window, n, warmup, reply_size)
 
 
 def session_echo(url: str, window: int, n: int, warmup: int) -> common.Stats:
     """``n`` echoes of the call text through a dialed SockJS session (``url`` decides SockJS or raw)."""
-    from kite.transport.sockjs.client import dial
 
-    try:
+    def session_link() -> common.Link:
+        from kite.transport.sockjs.client import dial
+
         session = dial(url, transport="websocket", timeout=10)
-    except Exception as e:
-        return common.Stats.failed(n, repr(e))
-    try:
-        common.run_pipeline(session.send, session.recv, CALL_TEXT, window, warmup)
-        return common.run_pipeline(session.send, session.recv, CALL_TEXT, window, n)
-    except Exception as e:
-        return common.Stats.failed(n, repr(e))
-    finally:
-        session.close()
+        return session.send, session.recv, session.close
+
+    return common.pipeline_stats(session_link, CALL_TEXT, window, n, warmup)
 
 
 def bare_contender(servers: common.Servers, transport: str, window: int) -> common.Contender:
@@ -100,24 +97,15 @@ def session_contender(servers: common.Servers, transport: str, window: int) -> c
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=None, help="seconds per run (default 1.5; 0.3 with --quick)")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
-    ap.add_argument("--quick", action="store_true", help="short runs, for a smoke run")
-    ap.add_argument("--pin", choices=common.PIN_MODES, default="same", help="CPU pinning (default: same)")
-    opts = ap.parse_args()
-    seconds = opts.seconds or (0.3 if opts.quick else 1.5)
-    common.install_cleanup()
-    pinning = common.pin_cpus(opts.pin)
+    rounds, seconds, pinning = common.alternating_setup(__doc__, seconds=1.5, quick_seconds=0.3, rounds=5)
     servers = common.Servers()
     try:
         contenders = [make(servers, t, w) for w in (1, 16) for t in ("raw-websocket", "sockjs-websocket")
                       for make in (bare_contender, session_contender)]
-        common.alternate(contenders, opts.rounds, seconds, "ceiling")
+        common.alternate(contenders, rounds, seconds, "ceiling")
     finally:
         servers.stop()
-    print(f"stack ceiling: medians of {opts.rounds} alternating runs of ~{seconds:g} s\n"
-          f"{common.machine_info(None)}; {pinning}\n")
+    print(common.alternating_header("stack ceiling", rounds, seconds, None, pinning))
     print(common.contender_table(contenders).render())
     return 1 if common.report_failures(contenders) else 0
 

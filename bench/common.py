@@ -6,10 +6,12 @@
 * :class:`Server` (a subprocess that prints ``READY ...``) and :class:`Servers`, the
   lazily started set the benchmarks share (Python kite, Python echo, kite.js);
 * load generators: :func:`run_load` (greenlets calling a function), :func:`run_pipeline`
-  (one greenlet keeping a window of messages in flight), :func:`run_node_client`
-  (kite.js ``client.js --bench``);
+  (one greenlet keeping a window of messages in flight; :func:`pipeline_stats` on a fresh
+  connection), :func:`run_node_client` (kite.js ``client.js --bench``);
 * statistics (:class:`Stats`, nearest-rank percentiles, median and spread), the one
-  :class:`Table` and the machine line.
+  :class:`Table` and the machine line;
+* the options, clean-up and pinning of the scripts that run alternating rounds
+  (:func:`alternating_setup`) and the lines above their table (:func:`alternating_header`).
 
 Every script imports this module after ``monkey.patch_all()``; importing it puts the
 working tree first on ``sys.path``, so the checkout is benchmarked, installed or not.
@@ -17,6 +19,7 @@ working tree first on ``sys.path``, so the checkout is benchmarked, installed or
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import ctypes
 import json
@@ -533,6 +536,30 @@ def run_pipeline(send: Callable[[str], Any], recv: Callable[[], str | None], tex
     return Stats.from_latencies(latencies, elapsed)
 
 
+#: What a :func:`pipeline_stats` ``connect()`` returns: the connection's send, recv and close.
+Link = tuple[Callable[[str], Any], Callable[[], str | None], Callable[[], Any]]
+
+
+def pipeline_stats(connect: Callable[[], Link], text: str, window: int, n: int, warmup: int,
+                   reply_size: int | None = None) -> Stats:
+    """:func:`run_pipeline` on a fresh connection: ``warmup`` untimed messages, then ``n`` timed ones.
+
+    ``connect()`` opens the connection and returns its ``(send, recv, close)``; it is closed
+    in any case. A failure to connect or while sending becomes a failed :class:`Stats`.
+    """
+    try:
+        send, recv, close = connect()
+    except Exception as e:
+        return Stats.failed(n, repr(e))
+    try:
+        run_pipeline(send, recv, text, window, warmup, reply_size)
+        return run_pipeline(send, recv, text, window, n, reply_size)
+    except Exception as e:
+        return Stats.failed(n, repr(e))
+    finally:
+        close()
+
+
 @contextmanager
 def kite_clients(url: str, transport: str, conns: int = 1) -> Iterator[list[Any]]:
     """``conns`` dialed kite clients of ``url`` over ``transport`` (a :data:`TRANSPORTS` key)."""
@@ -650,6 +677,32 @@ def report_failures(contenders: Sequence[Contender]) -> int:
     for c, s in failed:
         print(f"! {c.group} / {c.pair} / {c.transport} / {c.scenario}: {s.errors} errors; first: {s.note}")
     return len(failed)
+
+
+# --------------------------------------------------------------------------- script set-up
+
+
+def alternating_setup(doc: str, seconds: float, quick_seconds: float, rounds: int) -> tuple[int, float, str]:
+    """Set up a script that runs contenders in alternating rounds; returns ``(rounds, seconds, pinning)``.
+
+    Parses ``[--seconds S] [--rounds R] [--quick] [--pin MODE]`` (described by ``doc``'s first
+    paragraph; ``seconds`` per run by default, ``quick_seconds`` with ``--quick``, ``rounds``
+    rounds), then :func:`install_cleanup` and :func:`pin_cpus`; ``pinning`` is the latter's note.
+    """
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=None,
+                    help=f"seconds per run (default {seconds:g}; {quick_seconds:g} with --quick)")
+    ap.add_argument("--rounds", type=int, default=rounds, help=f"alternating rounds (default {rounds})")
+    ap.add_argument("--quick", action="store_true", help="short runs, for a smoke run")
+    ap.add_argument("--pin", choices=PIN_MODES, default="same", help="CPU pinning (default: same)")
+    opts = ap.parse_args()
+    install_cleanup()
+    return opts.rounds, opts.seconds or (quick_seconds if opts.quick else seconds), pin_cpus(opts.pin)
+
+
+def alternating_header(title: str, rounds: int, seconds: float, node: str | None, pinning: str) -> str:
+    """What stands above the table of an :func:`alternating_setup` script: the runs, the machine, the pinning."""
+    return f"{title}: medians of {rounds} alternating runs of ~{seconds:g} s\n{machine_info(node)}; {pinning}\n"
 
 
 def machine_info(node: str | None) -> str:

@@ -16,7 +16,6 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import argparse  # noqa: E402
 import sys  # noqa: E402
 
 import ceiling  # noqa: E402
@@ -54,20 +53,7 @@ def ceiling_contender(servers: common.Servers, transport: str, label: str) -> co
     text = ceiling.ECHO_TEXT[transport]
 
     def measure(n: int, warmup: int) -> common.Stats:
-        from kite.transport import wsclient
-
-        try:
-            ws = wsclient.connect(url, timeout=10)
-        except Exception as e:
-            return common.Stats.failed(n, repr(e))
-        try:
-            common.run_pipeline(ws.send_text, ws.recv_text, text, 1, warmup, reply_size)
-            return common.run_pipeline(ws.send_text, ws.recv_text, text, 1, n, reply_size)
-        except Exception as e:
-            return common.Stats.failed(n, repr(e))
-        finally:
-            ws.close()
-            ws.wait_closed()
+        return ceiling.bare_echo(url, text, 1, n, warmup, reply_size)
 
     return common.Contender("payload", "bare ws (ceiling)", transport, f"{label} result", measure,
                             probe=probe_for(size), server_pid=servers.pid("echo", "blob"))
@@ -88,18 +74,10 @@ def run_payload(servers: common.Servers, rounds: int, seconds: float) -> list[tu
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=None, help="seconds per run (default 1; 0.2 with --quick)")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-    ap.add_argument("--quick", action="store_true", help="short runs, for a smoke run")
-    ap.add_argument("--pin", choices=common.PIN_MODES, default="same", help="CPU pinning (default: same)")
-    opts = ap.parse_args()
-    seconds = opts.seconds or (0.2 if opts.quick else 1.0)
-    common.install_cleanup()
-    pinning = common.pin_cpus(opts.pin)
+    rounds, seconds, pinning = common.alternating_setup(__doc__, seconds=1.0, quick_seconds=0.2, rounds=3)
     servers = common.Servers()
     try:
-        pairs = run_payload(servers, opts.rounds, seconds)
+        pairs = run_payload(servers, rounds, seconds)
     finally:
         servers.stop()
     ceiling_of = {id(kite_c): ceil_c for kite_c, ceil_c in pairs}
@@ -108,8 +86,7 @@ def main() -> int:
     def vs_ceiling(c: common.Contender) -> str:
         return common.fmt(common.ratio_runs(c, ceiling_of[id(c)])[0], 2) if id(c) in ceiling_of else ""
 
-    print(f"payload scaling: medians of {opts.rounds} alternating runs of ~{seconds:g} s\n"
-          f"{common.machine_info(None)}; {pinning}\n")
+    print(common.alternating_header("payload scaling", rounds, seconds, None, pinning))
     print(common.contender_table(rows, extra={"vs ceiling": vs_ceiling}).render())
     return 1 if common.report_failures(rows) else 0
 

@@ -11,6 +11,9 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _isolated_kite_home(tmp_path_factory, monkeypatch):
-    """Kites built in tests never read the developer's real ~/.kite/kite.key."""
-    monkeypatch.setenv("KITE_HOME", str(tmp_path_factory.mktemp("kite_home")))
+def kite_home(tmp_path_factory, monkeypatch):
+    """Kites built in tests never read the developer's real ~/.kite/kite.key: KITE_HOME is an
+    empty folder of the test's own, returned for tests that put a kite.key there."""
+    home = tmp_path_factory.mktemp("kite_home")
+    monkeypatch.setenv("KITE_HOME", str(home))
+    return home

@@ -33,6 +33,7 @@ from kite import (
     testkeys,
     testutil,
 )
+from tests.fakeclock import FakeClock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,23 +61,6 @@ GO_TOKEN = (
     "1CXCQs4Vf0-8tx03xlri2PFh-71x-w"
 )
 GO_TOKEN_IAT, GO_TOKEN_EXP = 1795847022, 1796020422
-
-
-class FakeClock:
-    """Unix time that only moves when a test says so."""
-
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(autouse=True)
-def kite_home(tmp_path, monkeypatch):
-    """Never touch the real ~/.kite."""
-    monkeypatch.setenv("KITE_HOME", str(tmp_path / "kitehome"))
-    return tmp_path / "kitehome"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -284,15 +268,6 @@ TOKEN_REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("case", list(TOKEN_REFUSALS))
-def test_bad_tokens_are_refused_and_the_kite_keeps_serving(client, case):
-    make, message = TOKEN_REFUSALS[case]
-    client.auth = Auth("token", make())
-    assert refused(client).startswith(message)
-    client.auth = Auth("token", token())
-    assert client.tell("square", 5) == 25  # same connection, still served
-
-
 KITE_KEY_REFUSALS = {
     "other-user": (lambda: kite_key("bob"),
                    'kiteKey: user "bob" may not call "whoami": this kite accepts kite keys of "alice" only'),
@@ -311,14 +286,18 @@ KITE_KEY_REFUSALS = {
     "one-megabyte": (lambda: ONE_MB, "kiteKey: token is too long"),
 }
 
+#: Auth type -> (its refusal cases, a good credential of that type).
+REFUSALS = {"token": (TOKEN_REFUSALS, token), "kiteKey": (KITE_KEY_REFUSALS, lambda: kite_key("alice"))}
 
-@pytest.mark.parametrize("case", list(KITE_KEY_REFUSALS))
-def test_bad_kite_keys_are_refused_and_the_kite_keeps_serving(client, case):
-    make, message = KITE_KEY_REFUSALS[case]
-    client.auth = Auth("kiteKey", make())
+
+@pytest.mark.parametrize(("auth_type", "case"), [(t, case) for t, (cases, _) in REFUSALS.items() for case in cases])
+def test_bad_credentials_are_refused_and_the_kite_keeps_serving(client, auth_type, case):
+    cases, good = REFUSALS[auth_type]
+    make, message = cases[case]
+    client.auth = Auth(auth_type, make())
     assert refused(client).startswith(message)
-    client.auth = Auth("kiteKey", kite_key("alice"))
-    assert client.tell("square", 5) == 25
+    client.auth = Auth(auth_type, good())
+    assert client.tell("square", 5) == 25  # same connection, still served
 
 
 def test_untrusted_kontrol_key_is_remembered(client):

@@ -13,6 +13,7 @@ from gevent.event import Event
 
 from kite import ArgumentError, DisconnectError, GenericError, Kite, MethodNotFoundError, testkeys
 from kite.transport import wsclient
+from tests.serving import serve_kite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRANSPORTS = ["websocket", "xhr_polling", "xhr_streaming", "auto", "raw"]
@@ -33,15 +34,9 @@ def make_math(**config) -> Kite:
     return k
 
 
-def serve(k: Kite) -> Kite:
-    gevent.spawn(k.run)
-    assert k.server_ready_notify().wait(5)
-    return k
-
-
 @pytest.fixture
 def math():
-    k = serve(make_math())
+    k = serve_kite(make_math())
     yield k
     k.close()
 
@@ -136,7 +131,7 @@ def test_server_close_fails_pending_calls_and_dial_forever_reconnects():
     gate = Event()
     first = make_math()
     first.handle_func("block", lambda r: gate.wait())
-    serve(first)
+    serve_kite(first)
     port = first.port
     c = Kite("caller", "1.0.0").new_client(first.url)
     c.dial_forever().wait(5)
@@ -147,7 +142,7 @@ def test_server_close_fails_pending_calls_and_dial_forever_reconnects():
     first.close()
     with pytest.raises(DisconnectError):
         pending.get(timeout=5)
-    second = serve(make_math(port=port))
+    second = serve_kite(make_math(port=port))
     try:
         with gevent.Timeout(10):
             while True:
@@ -208,7 +203,7 @@ def test_bad_input_on_the_wire_never_hurts_other_clients(math):
     ws.close()
 
     # Oversized and garbage frames end only the offending connection.
-    small = serve(make_math(max_message_size=1024))
+    small = serve_kite(make_math(max_message_size=1024))
     try:
         ws = wsclient.connect(f"ws://127.0.0.1:{small.port}/kite/websocket", timeout=5)
         ws.send_text("x" * 4096)
@@ -273,7 +268,7 @@ def test_ipv6():
         s.close()
     except OSError:
         pytest.skip("no IPv6 loopback on this machine")
-    k = serve(make_math(ip="::1"))
+    k = serve_kite(make_math(ip="::1"))
     try:
         assert k.url.startswith("http://[::1]:")
         with Kite("caller", "1.0.0").new_client(k.url) as c:
@@ -295,7 +290,7 @@ def test_tls(tls_files, transport):
     cert_pem, key_pem, cert_file = tls_files
     k = make_math()
     k.use_tls(cert_pem, key_pem)
-    serve(k)
+    serve_kite(k)
     try:
         assert k.url.startswith("https://")
         c = Kite("caller", "1.0.0").new_client(k.url, transport=transport)

@@ -35,6 +35,7 @@ from kite.kontrolclient import client as kontrolclient
 from kite.kontrolclient import registerurl
 from kite.kontrolclient.heartbeat import kontrol_path
 from tests.kontrol_double import KontrolDouble
+from tests.serving import serve_kite
 
 #: The URL kites register in these tests (nothing needs to listen there).
 KITE_URL = "http://127.0.0.1:7777/kite"
@@ -84,8 +85,7 @@ def math(kontrol, new_kite):
     k = new_kite("math", kontrol.url)
     k.handle_func("square", lambda r: r.args.one().must_float64() ** 2)
     k.handle_func("whoami", lambda r: r.username)
-    gevent.spawn(k.run)
-    assert k.server_ready_notify().wait(5)
+    serve_kite(k)
     k.register(k.url)
     return k
 

@@ -1,6 +1,5 @@
 """kite.transport.sockjs.client: the Go-style dialer over every transport, against real servers."""
 
-import contextlib
 import os
 import re
 import socket
@@ -19,48 +18,11 @@ from kite.transport.sockjs import client as sockjs_client
 from kite.transport.sockjs.client import DialError, DialTimeoutError, dial
 from kite.transport.sockjs.server import SockJSServer
 from kite.transport.websocket import WebSocket
-from kite.transport.wsgi import make_server
+from tests.serving import Echo, serve
 
 HEARTBEAT = 0.3
 DISCONNECT = 0.5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class Echo:
-    """on_session: echoes; "close" closes the session; "burst" sends two messages and closes."""
-
-    def __init__(self):
-        self.sessions = []
-        self.received = []
-        self.ended = Event()
-
-    def __call__(self, session):
-        self.sessions.append(session)
-        try:
-            while (message := session.recv()) is not None:
-                self.received.append(message)
-                if message == "close":
-                    session.close()
-                elif message == "burst":
-                    session.send("one")
-                    session.send("two")
-                    session.close()
-                else:
-                    session.send(message)
-        finally:
-            self.ended.set()
-
-
-@contextlib.contextmanager
-def serve(app, server_class=None):
-    server = server_class(("127.0.0.1", 0), app, log=None) if server_class else make_server(app, "127.0.0.1", 0)
-    server.start()
-    try:
-        yield server
-    finally:
-        if isinstance(app, SockJSServer):
-            app.close()
-        server.stop(timeout=1)
 
 
 @pytest.fixture
@@ -159,13 +121,13 @@ def test_client_close_ends_server_session(kite):
     session = dial(kite.base, timeout=5)
     assert roundtrip(session, ["x"]) == ["x"]
     session.close()
-    assert kite.ended.wait(2)
+    assert kite.any_ended.wait(2)
 
 
 def test_xhr_client_gone_is_reaped(kite):
     session = dial(kite.base, transport="xhr_polling", timeout=5)
     session.close()
-    assert kite.ended.wait(DISCONNECT + 2)
+    assert kite.any_ended.wait(DISCONNECT + 2)
 
 
 def test_raw_websocket_url(kite):

@@ -1,6 +1,5 @@
 """kite.transport.sockjs.server: the SockJS endpoints under /kite, over real sockets (PROTOCOL.md §1)."""
 
-import contextlib
 import json
 import os
 import random
@@ -19,48 +18,13 @@ from gevent.event import Event
 from kite.transport import wsclient
 from kite.transport.sockjs.client import dial
 from kite.transport.sockjs.server import XHR_STREAMING_PRELUDE, SockJSServer
-from kite.transport.wsgi import make_server
+from tests.serving import Echo, serve
 
 HEARTBEAT = 0.3
 DISCONNECT = 0.5
 LIMIT = 64 * 1024
 STREAM_LIMIT = 4096
 GO_AWAY = 'c[3000,"Go away!"]'
-
-
-class Echo:
-    """on_session: echoes; "close" closes the session; "raise" makes on_session fail."""
-
-    def __init__(self):
-        self.sessions = []
-        self.ended = []
-        self.any_ended = Event()
-
-    def __call__(self, session):
-        self.sessions.append(session)
-        try:
-            while (message := session.recv()) is not None:
-                if message == "close":
-                    session.close()
-                    continue
-                if message == "raise":
-                    raise RuntimeError("handler blew up")
-                session.send(message)
-        finally:
-            self.ended.append(session)
-            self.any_ended.set()
-
-
-@contextlib.contextmanager
-def serve(app):
-    server = make_server(app, "127.0.0.1", 0)
-    server.start()
-    try:
-        yield server
-    finally:
-        if isinstance(app, SockJSServer):
-            app.close()
-        server.stop(timeout=1)
 
 
 class Kite:

@@ -11,21 +11,9 @@ import pytest
 
 from kite import Auth, TokenRenewer, testutil
 from kite.kontrolclient.tokenrenewer import MIN_RENEW_INTERVAL, RENEW_BEFORE, RETRY_INTERVAL
+from tests.fakeclock import FakeClock
 
 NOW = 1_800_000_000
-
-
-class FakeClock:
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(autouse=True)
-def kite_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("KITE_HOME", str(tmp_path / "kitehome"))
 
 
 @pytest.fixture(scope="module")

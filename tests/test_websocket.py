@@ -19,6 +19,7 @@ from kite.transport import websocket
 from kite.transport.websocket import WebSocket
 from kite.transport.wsclient import HandshakeError, connect
 from kite.transport.wsgi import make_server
+from tests.serving import serve
 
 # The key/accept pair of the Go capture (interop wire-websocket.log, conn 1).
 KEY = "q4pkL9EekDcKQT4uAvq6Sw=="
@@ -52,16 +53,6 @@ class EchoApp:
             ws.wait_closed()
             self.closed_with.append(ws.close_code)
         return []
-
-
-@contextlib.contextmanager
-def serve(app, host="127.0.0.1", **kwargs):
-    server = make_server(app, host, 0, **kwargs)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop(timeout=1)
 
 
 @pytest.fixture

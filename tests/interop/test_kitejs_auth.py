@@ -18,12 +18,6 @@ import pytest
 from kite import Auth, Kite, testkeys, testutil
 from tests.interop.conftest import run_kitejs_client, start_kitejs_server
 
-
-@pytest.fixture(autouse=True)
-def kite_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("KITE_HOME", str(tmp_path / "kitehome"))
-
-
 # --------------------------------------------------------------------------- kite.js client -> Python
 
 

@@ -31,6 +31,12 @@ RESULT_CASES = {
     "kite.ping": ("kite.ping", "[]", "pong"),
 }
 
+# Failing calls: (method, withArgs JSON, expected error type, expected error message)
+ERROR_CASES = {
+    "fail-is-generic-error": ("fail", "[]", "genericError", "boom"),
+    "unknown-method-is-method-not-found": ("nosuchmethod", "[1]", "methodNotFound", "Method not found: nosuchmethod"),
+}
+
 transport_params = pytest.mark.parametrize("transport", list(TRANSPORTS))
 
 
@@ -52,19 +58,13 @@ def test_result(py_math_urls, transport, case):
 
 
 @transport_params
-def test_fail_is_generic_error(py_math_urls, transport):
-    rc, out, detail = call(py_math_urls, transport, "fail", "[]")
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_error(py_math_urls, transport, case):
+    method, args_json, error_type, message = ERROR_CASES[case]
+    rc, out, detail = call(py_math_urls, transport, method, args_json)
     assert rc == 1, detail
-    assert out["type"] == "genericError", detail
-    assert out["message"] == "boom", detail
-
-
-@transport_params
-def test_unknown_method_is_method_not_found(py_math_urls, transport):
-    rc, out, detail = call(py_math_urls, transport, "nosuchmethod", "[1]")
-    assert rc == 1, detail
-    assert out["type"] == "methodNotFound", detail
-    assert out["message"] == "Method not found: nosuchmethod", detail
+    assert out["type"] == error_type, detail
+    assert out["message"] == message, detail
 
 
 @transport_params

@@ -9,6 +9,8 @@
 * ``backend`` / ``storage``: parametrized over memory, sqlite, etcd (v3) and etcd2;
   each test gets a fresh location (a new sqlite file, a new etcd key prefix), and
   ``backend.open()`` opens further instances on the same location.
+* ``kontrol``: the Kontrol kite serving on a fresh ``backend`` location
+  (:func:`start_kontrol`), and :func:`make_kite`, a kite holding a kite key from it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import gevent
 import pytest
 import requests
 
+from kite import Config, Kite
+from kontrol import Kontrol
 from kontrol.storage import KiteEvent, Storage, open_storage
+from tests.serving import serve_kite
 
 #: Seconds etcd may take to become healthy (it takes ~1 s on an idle machine).
 ETCD_START_TIMEOUT = 30.0
@@ -182,6 +187,41 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 @pytest.fixture
 def storage(backend: Backend) -> Storage:
     return backend.open()
+
+
+#: Kontrol timings short enough for the tests (seconds).
+FAST = {"heartbeat_interval": 1.0, "heartbeat_delay": 1.0, "update_interval": 1.0, "key_ttl": 3.0}
+
+
+def start_kontrol(storage: Storage, **options) -> Kontrol:
+    """Kontrol of user ``koding`` on ``storage``, serving on 127.0.0.1 with the :data:`FAST` timings
+    (``options`` override them)."""
+    config = Config()
+    config.username, config.ip, config.port = "koding", "127.0.0.1", 0
+    kontrol = Kontrol(config, storage, **{**FAST, **options})
+    gevent.spawn(kontrol.run)
+    assert kontrol.kite.server_ready_notify().wait(5)
+    return kontrol
+
+
+@pytest.fixture
+def kontrol(backend: Backend) -> Iterator[Kontrol]:
+    k = start_kontrol(backend.open())
+    yield k
+    k.close()
+
+
+def make_kite(kontrol: Kontrol, username: str, name: str = "math", serve: bool = True) -> Kite:
+    """A kite of ``username`` configured the way a kite.key from ``kontrol`` configures it (holding a kite
+    key from it and trusting its key), with a ``square`` method; served unless ``serve`` is false."""
+    k = Kite(name, "1.0.0")
+    c = k.config
+    c.username, c.environment, c.region, c.ip, c.port = username, "prod", "eu", "127.0.0.1", 0
+    c.kite_key = kontrol.register_user(username)
+    c.kontrol_key = kontrol.keypairs.current().public
+    c.kontrol_user, c.kontrol_url = kontrol.username, kontrol.kite.url
+    k.handle_func("square", lambda r: r.args.one().must_float64() ** 2)
+    return serve_kite(k) if serve else k
 
 
 class Recorder:

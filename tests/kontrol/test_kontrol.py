@@ -4,49 +4,15 @@ from __future__ import annotations
 
 import json
 
-import gevent
 import pytest
 import requests
 from gevent.event import Event
 
-from kite import Auth, AuthenticationError, Config, GenericError, Kite
+from kite import Auth, AuthenticationError, GenericError, Kite
 from kontrol import Kontrol
 from kontrol.storage import KontrolQuery
 
-from .conftest import wait_until
-
-FAST = {"heartbeat_interval": 1.0, "heartbeat_delay": 1.0, "update_interval": 1.0, "key_ttl": 3.0}
-
-
-def start_kontrol(storage, **options) -> Kontrol:
-    config = Config()
-    config.username, config.ip, config.port = "koding", "127.0.0.1", 0
-    kontrol = Kontrol(config, storage, **{**FAST, **options})
-    gevent.spawn(kontrol.run)
-    assert kontrol.kite.server_ready_notify().wait(5)
-    return kontrol
-
-
-@pytest.fixture
-def kontrol(backend):
-    k = start_kontrol(backend.open())
-    yield k
-    k.close()
-
-
-def make_kite(kontrol: Kontrol, username: str, name: str = "math", serve: bool = True) -> Kite:
-    """A kite of ``username`` holding a kite key from ``kontrol`` (and trusting its key)."""
-    k = Kite(name, "1.0.0")
-    c = k.config
-    c.username, c.environment, c.region, c.ip, c.port = username, "prod", "eu", "127.0.0.1", 0
-    c.kite_key = kontrol.register_user(username)
-    c.kontrol_key = kontrol.keypairs.current().public
-    c.kontrol_user, c.kontrol_url = kontrol.username, kontrol.kite.url
-    k.handle_func("square", lambda r: r.args.one().must_float64() ** 2)
-    if serve:
-        gevent.spawn(k.run)
-        assert k.server_ready_notify().wait(5)
-    return k
+from .conftest import make_kite, start_kontrol, wait_until
 
 
 def kontrol_client(kontrol: Kontrol, kite: Kite):

@@ -12,40 +12,21 @@ import pytest
 from kite import Kite, NoKitesAvailableError
 from kontrol import Kontrol
 from kontrol.storage import KontrolQuery
+from tests.serving import serve_kite
 
 from ..interop.conftest import KITEJS_DIR, node_binary
-from .conftest import wait_until
-from .test_kontrol import start_kontrol
+from .conftest import FAST, make_kite, start_kontrol, wait_until
 
 
 def kite_for(kontrol: Kontrol, username: str, name: str = "math") -> Kite:
-    """A kite configured the way a kite.key from this Kontrol configures it."""
-    k = Kite(name, "1.0.0")
-    c = k.config
-    c.username, c.environment, c.region, c.ip, c.port = username, "prod", "eu", "127.0.0.1", 0
-    c.kite_key = kontrol.register_user(username)
-    c.kontrol_key = kontrol.keypairs.current().public
-    c.kontrol_user, c.kontrol_url = kontrol.username, kontrol.kite.url
-    c.timeout = 5
-    k.handle_func("square", lambda r: r.args.one().must_float64() ** 2)
+    """:func:`make_kite`, not served yet, with a 5 s timeout."""
+    k = make_kite(kontrol, username, name, serve=False)
+    k.config.timeout = 5
     return k
-
-
-def serve(k: Kite) -> Kite:
-    gevent.spawn(k.run)
-    assert k.server_ready_notify().wait(5)
-    return k
-
-
-@pytest.fixture
-def kontrol(backend):
-    k = start_kontrol(backend.open())
-    yield k
-    k.close()
 
 
 def test_register_find_call_and_deregister_on_exit(kontrol):
-    math = serve(kite_for(kontrol, "alice"))
+    math = serve_kite(kite_for(kontrol, "alice"))
     math.register_forever(math.url)
     assert math.kontrol_ready_notify().wait(5)
     bob = kite_for(kontrol, "bob", "cli")
@@ -64,7 +45,7 @@ def test_register_find_call_and_deregister_on_exit(kontrol):
 
 
 def test_http_registered_kite_expires_after_it_stops(kontrol):
-    math = serve(kite_for(kontrol, "alice"))
+    math = serve_kite(kite_for(kontrol, "alice"))
     result = math.register_http(math.url)
     assert result.heartbeat_interval == 1
     bob = kite_for(kontrol, "bob", "cli")
@@ -81,15 +62,14 @@ def test_http_registered_kite_expires_after_it_stops(kontrol):
 def test_kites_come_back_after_a_kontrol_restart(backend):
     first = start_kontrol(backend.open())
     port = first.kite.port
-    math = serve(kite_for(first, "alice"))
+    math = serve_kite(kite_for(first, "alice"))
     math.kontrol.retry_interval = 0.5
     math.register_forever(math.url)
     assert math.kontrol_ready_notify().wait(5)
     pairs = [(p.id, p.public, p.private) for p in first.storage.list_key_pairs()]
     first.close()
     storage = backend.open()
-    second = Kontrol(first.kite.config, storage, **{"heartbeat_interval": 1.0, "heartbeat_delay": 1.0,
-                                                    "update_interval": 1.0, "key_ttl": 3.0})
+    second = Kontrol(first.kite.config, storage, **FAST)
     if not backend.shared and backend.kind == "memory":
         for pair in pairs:  # memory storage forgets: give the new Kontrol the same keys
             second.add_key_pair(pair[1], pair[2], pair[0])
@@ -115,7 +95,7 @@ def test_kitejs_kontrol_client_registers_and_queries(backend):
         pytest.skip("one backend is enough for the foreign client")
     kontrol = start_kontrol(backend.open())
     try:
-        math = serve(kite_for(kontrol, "alice"))
+        math = serve_kite(kite_for(kontrol, "alice"))
         math.register_forever(math.url)
         assert math.kontrol_ready_notify().wait(5)
         bob_key = kontrol.register_user("bob")

@@ -214,21 +214,25 @@ function maybeDone() {
   if (response.code === EXIT_OK && callbackCalls.length < o.waitCallbacks) return
   if (finishing) return
   finishing = true
-  // close the connection cleanly (close frame / SockJS close) before exiting, so the peer sees
-  // an orderly close instead of a TCP reset; give up after 500 ms.
-  const done = () => finish(response.code, response.payload)
-  const ws = kite && kite.ws
-  const open = ws && (ws.readyState === 0 || ws.readyState === 1)
-  if (!open) return done()
+  // close the connection cleanly before exiting
+  disconnectCleanly(kite, () => finish(response.code, response.payload))
+}
+let finishing = false
+
+// Close k's connection cleanly (close frame / SockJS close), so the peer sees an orderly close
+// instead of a TCP reset, then call done(): once closed, at once when not connected, after
+// 500 ms at the most.
+function disconnectCleanly(k, done) {
+  const ws = k && k.ws
+  if (!ws || !(ws.readyState === 0 || ws.readyState === 1)) return done()
   const t = setTimeout(done, 500)
-  kite.removeAllListeners('close')
-  kite.on('close', () => {
+  k.removeAllListeners('close')
+  k.on('close', () => {
     clearTimeout(t)
     done()
   })
-  try { kite.disconnect() } catch (e) { clearTimeout(t); done() }
+  try { k.disconnect() } catch (e) { clearTimeout(t); done() }
 }
-let finishing = false
 
 function errorJSON(err) {
   if (err == null) return { type: null, message: null, code: null }
@@ -303,22 +307,7 @@ const extraKites = []
 
 function closeExtraKites() {
   // disconnect the extra bench connections cleanly (close frames), at most 500 ms
-  return Promise.all(
-    extraKites.map(
-      k =>
-        new Promise(resolve => {
-          const ws = k.ws
-          if (!ws || !(ws.readyState === 0 || ws.readyState === 1)) return resolve()
-          const t = setTimeout(resolve, 500)
-          k.removeAllListeners('close')
-          k.on('close', () => {
-            clearTimeout(t)
-            resolve()
-          })
-          try { k.disconnect() } catch (e) { clearTimeout(t); resolve() }
-        })
-    )
-  )
+  return Promise.all(extraKites.map(k => new Promise(resolve => disconnectCleanly(k, resolve))))
 }
 
 async function runBench() {
