@@ -35,7 +35,6 @@ import gevent
 import requests
 from etcd3gw import exceptions as etcd3_exceptions
 from etcd3gw.client import Etcd3Client
-from gevent.pool import Pool
 
 from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
@@ -46,10 +45,6 @@ from .base import (
     KiteEvent,
     KiteRecord,
     KiteRef,
-    QueryLike,
-    Storage,
-    WatchCallback,
-    Watcher,
     check_kite,
     check_ttl,
     check_usable,
@@ -60,8 +55,6 @@ from .base import (
     whole_seconds,
 )
 from .errors import KeyPairExistsError, KeyPairNotFoundError, StorageError, StorageUnavailableError
-from .query import KontrolQuery
-from .watch import EventPump, WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +78,7 @@ class _Index:
     mod_revision: int
 
 
-class EtcdStorage(Storage):
+class EtcdStorage(common.EtcdStorageBase):
     """Kites, watches and key pairs in etcd (v3 API); see the module docstring for the layout.
 
     ``prefix`` namespaces all keys (several registries, or tests, can share one etcd);
@@ -106,9 +99,7 @@ class EtcdStorage(Storage):
         ca_cert: str | None = None,
         cert: tuple[str, str] | None = None,
     ) -> None:
-        self._where = f"{protocol}://{host}:{port}"
-        self._timeout = timeout
-        self._pool_size = pool_size
+        super().__init__(host, port, protocol, timeout, pool_size)
         self._tls = {"verify": ca_cert or True, "cert": cert}
         self._client = Etcd3Client(host=host, port=port, protocol=protocol, timeout=timeout)
         self._client.session.close()
@@ -118,9 +109,6 @@ class EtcdStorage(Storage):
         self._ids = f"{root}/kite-ids/"
         self._keys = f"{root}/keys/"
         self._publics = f"{root}/key-publics/"
-        self._hub = WatchHub(on_empty=self._stop_pump)
-        self._pump: EventPump | None = None
-        self._closed = False
 
     # -- transport ----------------------------------------------------------------------
 
@@ -211,8 +199,7 @@ class EtcdStorage(Storage):
         index = self._index_value(record, ttl)
         value = common.kite_value(record.url, record.key_id)
         old: _Index | None = None
-        for attempt in range(TXN_ATTEMPTS):
-            common.contention_pause(attempt)
+        for _ in common.retries(TXN_ATTEMPTS):
             ops = [wire.put(path_key, value, lease), wire.put(id_key, index, lease)]
             if old is not None and self._path_key(old.record.kite) != path_key:
                 ops.insert(0, wire.delete(self._path_key(old.record.kite)))
@@ -222,7 +209,7 @@ class EtcdStorage(Storage):
                 return old
             kvs = result["responses"][0]["response_range"].get("kvs") or []
             old = self._decode_index(kvs[0] if kvs else None)
-        raise StorageError(f"kite {record.kite.id}: too many concurrent updates")
+        raise common.contended(f"kite {record.kite.id}")
 
     def upsert(self, kite: KiteIdentity, url: str, key_id: str = "", ttl: float | None = None) -> None:
         check_kite(kite, url)
@@ -237,28 +224,10 @@ class EtcdStorage(Storage):
         if old is not None and old.lease != lease:
             self._revoke_quietly(old.lease)
 
-    def upsert_many(self, records: Iterable[KiteRecord], ttl: float | None = None) -> None:
-        """Upsert concurrently, at most ``pool_size`` at a time; raise the first failure."""
-        records = list(records)
-        for r in records:
-            check_kite(r.kite, r.url)
-
-        def one(r: KiteRecord) -> StorageError | None:
-            try:
-                self.upsert(r.kite, r.url, r.key_id, ttl)
-            except StorageError as e:
-                return e
-            return None
-
-        errors = [e for e in Pool(self._pool_size).imap_unordered(one, records) if e is not None]
-        if errors:
-            raise errors[0]
-
     def refresh(self, kite: KiteRef, ttl: float | None) -> bool:
         ttl = check_ttl(ttl)
         kid = kite_id(kite)
-        for attempt in range(TXN_ATTEMPTS):
-            common.contention_pause(attempt)
+        for _ in common.retries(TXN_ATTEMPTS):
             entry = self._index(kid)
             if entry is None:
                 return False
@@ -277,7 +246,7 @@ class EtcdStorage(Storage):
                 self._revoke_quietly(entry.lease)
                 return True
             self._revoke_quietly(lease)
-        raise StorageError(f"kite {kid}: too many concurrent updates")
+        raise common.contended(f"kite {kid}")
 
     def _rewrite(self, entry: _Index, lease: int, ttl: int | None) -> bool:
         """Move both keys of an unchanged entry to ``lease``; False if the entry changed meanwhile."""
@@ -288,8 +257,7 @@ class EtcdStorage(Storage):
 
     def delete(self, kite: KiteRef) -> bool:
         kid = kite_id(kite)
-        for attempt in range(TXN_ATTEMPTS):
-            common.contention_pause(attempt)
+        for _ in common.retries(TXN_ATTEMPTS):
             entry = self._index(kid)
             if entry is None:
                 return False
@@ -297,7 +265,7 @@ class EtcdStorage(Storage):
             if self._txn([wire.unchanged(self._ids + kid, entry.mod_revision)], ops).get("succeeded"):
                 self._revoke_quietly(entry.lease)
                 return True
-        raise StorageError(f"kite {kid}: too many concurrent updates")
+        raise common.contended(f"kite {kid}")
 
     def _scan(self, prefix: tuple[str, ...]) -> Iterable[KiteRecord]:
         key = self._kites + "/".join(prefix)
@@ -339,20 +307,6 @@ class EtcdStorage(Storage):
 
     # -- watches ------------------------------------------------------------------------
 
-    def watch(self, query: QueryLike, callback: WatchCallback) -> Watcher:
-        q = KontrolQuery.coerce(query).validate()
-        revision = self._revision()
-        watcher = self._hub.add(q, callback, after_revision=revision)
-        if self._pump is None:
-            name = f"etcd watch {self._where}{self._kites}"
-            self._pump = EventPump(name, self._follow, revision + 1, self._hub.publish)
-        return watcher
-
-    def _stop_pump(self) -> None:
-        if self._pump is not None:
-            self._pump.stop()
-            self._pump = None
-
     def _follow(self, start: int) -> Iterator[tuple[int, list[KiteEvent]]]:
         return wire.follow_watch(
             common.bounded_session(1, **self._tls),
@@ -388,15 +342,14 @@ class EtcdStorage(Storage):
         return self.get_key_pair(wire.unb64(kv["value"]))
 
     def delete_key_pair(self, id: str) -> None:
-        for attempt in range(TXN_ATTEMPTS):
-            common.contention_pause(attempt)
+        for _ in common.retries(TXN_ATTEMPTS):
             pair, mod_revision = self._find(id)
             if pair.deleted:
                 return
             ops = [wire.put(self._keys + id, json.dumps(soft_deleted(pair).to_json()), 0)]
             if self._txn([wire.unchanged(self._keys + id, mod_revision)], ops).get("succeeded"):
                 return
-        raise StorageError(f"key pair {id}: too many concurrent updates")
+        raise common.contended(f"key pair {id}")
 
     def list_key_pairs(self, include_deleted: bool = False) -> list[KeyPair]:
         pairs = (KeyPair.from_json(json.loads(wire.unb64(kv["value"]))) for kv in self._range_all(self._keys))
@@ -404,11 +357,6 @@ class EtcdStorage(Storage):
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._hub.close()
-        self._stop_pump()
+    def _close_connections(self) -> None:
         self._client.session.close()
         gevent.sleep(0)  # let killed greenlets unwind and close their connections

@@ -34,7 +34,6 @@ from urllib.parse import quote
 
 import etcd
 import urllib3
-from gevent.pool import Pool
 
 from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
@@ -46,10 +45,6 @@ from .base import (
     KiteEvent,
     KiteRecord,
     KiteRef,
-    QueryLike,
-    Storage,
-    WatchCallback,
-    Watcher,
     check_kite,
     check_ttl,
     check_usable,
@@ -66,8 +61,6 @@ from .errors import (
     StorageError,
     StorageUnavailableError,
 )
-from .query import KontrolQuery
-from .watch import EventPump, WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +89,15 @@ def _check_v2_key(kite: KiteIdentity) -> None:
             raise InvalidKiteError(f'Field "{f}" must not start with "_" on etcd v2 (hidden keys)')
 
 
-class Etcd2Storage(Storage):
+class Etcd2Storage(common.EtcdStorageBase):
     """Kites, watches and key pairs in etcd's v2 keys API, shared with Go Kontrols.
 
     ``prefix`` namespaces the tree (empty: Go's ``/kites``); ``timeout`` bounds each
     request; ``pool_size`` bounds the connections to etcd (plus one for the watch
     long-poll while anything watches).
     """
+
+    _feed_name = "etcd2"
 
     def __init__(
         self,
@@ -114,18 +109,13 @@ class Etcd2Storage(Storage):
         timeout: float = common.DEFAULT_TIMEOUT,
         pool_size: int = common.DEFAULT_POOL_SIZE,
     ) -> None:
-        self._where = f"{protocol}://{host}:{port}"
-        self._timeout = timeout
-        self._pool_size = pool_size
+        super().__init__(host, port, protocol, timeout, pool_size)
         self._client = self._make_client(host, port, protocol, pool_size)
         self._watch_client = self._make_client(host, port, protocol, 1)
         root = prefix.rstrip("/")
         self._kites = f"{root}/kites"
         self._keys = f"{root}/kontrol/keys"
         self._publics = f"{root}/kontrol/key-publics"
-        self._hub = WatchHub(on_empty=self._stop_pump)
-        self._pump: EventPump | None = None
-        self._closed = False
 
     def _make_client(self, host: str, port: int, protocol: str, pool_size: int) -> etcd.Client:
         client = etcd.Client(host=host, port=port, protocol=protocol, read_timeout=self._timeout)
@@ -194,9 +184,12 @@ class Etcd2Storage(Storage):
                 return record.kite
         return None
 
-    def upsert(self, kite: KiteIdentity, url: str, key_id: str = "", ttl: float | None = None) -> None:
+    def _check_registration(self, kite: KiteIdentity, url: str) -> None:
         check_kite(kite, url)
         _check_v2_key(kite)
+
+    def upsert(self, kite: KiteIdentity, url: str, key_id: str = "", ttl: float | None = None) -> None:
+        self._check_registration(kite, url)
         ttl = check_ttl(ttl)
         seconds = whole_seconds(ttl) if ttl is not None else None
         path_key = self._path_key(kite)
@@ -208,24 +201,6 @@ class Etcd2Storage(Storage):
             if old is not None and self._path_key(old) != path_key:
                 self._delete(self._path_key(old))
         self._call(self._client.write, path_key, common.kite_value(url, key_id), ttl=seconds)
-
-    def upsert_many(self, records: Iterable[KiteRecord], ttl: float | None = None) -> None:
-        """Upsert concurrently, at most ``pool_size`` at a time; raise the first failure."""
-        records = list(records)
-        for r in records:
-            check_kite(r.kite, r.url)
-            _check_v2_key(r.kite)
-
-        def one(r: KiteRecord) -> StorageError | None:
-            try:
-                self.upsert(r.kite, r.url, r.key_id, ttl)
-            except StorageError as e:
-                return e
-            return None
-
-        errors = [e for e in Pool(self._pool_size).imap_unordered(one, records) if e is not None]
-        if errors:
-            raise errors[0]
 
     def refresh(self, kite: KiteRef, ttl: float | None) -> bool:
         ttl = check_ttl(ttl)
@@ -284,23 +259,9 @@ class Etcd2Storage(Storage):
 
     # -- watches ------------------------------------------------------------------------
 
-    def watch(self, query: QueryLike, callback: WatchCallback) -> Watcher:
-        q = KontrolQuery.coerce(query).validate()
-        index = self._index()
-        watcher = self._hub.add(q, callback, after_revision=index)
-        if self._pump is None:
-            name = f"etcd2 watch {self._where}{self._kites}"
-            self._pump = EventPump(name, self._follow, index + 1, self._hub.publish)
-        return watcher
-
-    def _index(self) -> int:
+    def _revision(self) -> int:
         """etcd's current index (``X-Etcd-Index``)."""
         return self._call(self._client.read, "/").etcd_index
-
-    def _stop_pump(self) -> None:
-        if self._pump is not None:
-            self._pump.stop()
-            self._pump = None
 
     def _follow(self, start: int) -> Iterator[tuple[int, list[KiteEvent]]]:
         """Long-poll ``/kites`` from index ``start``: ``(next index, events)`` per change."""
@@ -311,7 +272,7 @@ class Etcd2Storage(Storage):
             except etcd.EtcdWatchTimedOut:
                 continue
             except etcd.EtcdEventIndexCleared as e:
-                current = (e.payload or {}).get("index") or self._index()
+                current = (e.payload or {}).get("index") or self._revision()
                 log.warning("etcd v2 history no longer has index %d; resuming at %d, events lost", index, current + 1)
                 index = int(current) + 1
                 yield index, []
@@ -369,8 +330,7 @@ class Etcd2Storage(Storage):
         return self.get_key_pair(node.value)
 
     def delete_key_pair(self, id: str) -> None:
-        for attempt in range(CAS_ATTEMPTS):
-            common.contention_pause(attempt)
+        for _ in common.retries(CAS_ATTEMPTS):
             pair, modified = self._find(id)
             if pair.deleted:
                 return
@@ -380,7 +340,7 @@ class Etcd2Storage(Storage):
                 return
             except etcd.EtcdCompareFailed:
                 continue
-        raise StorageError(f"key pair {id}: too many concurrent updates")
+        raise common.contended(f"key pair {id}")
 
     def list_key_pairs(self, include_deleted: bool = False) -> list[KeyPair]:
         result = self._read(self._keys, recursive=True)
@@ -391,11 +351,6 @@ class Etcd2Storage(Storage):
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._hub.close()
-        self._stop_pump()
+    def _close_connections(self) -> None:
         self._client.http.clear()
         self._watch_client.http.clear()

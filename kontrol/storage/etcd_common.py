@@ -1,4 +1,8 @@
-"""Pieces both etcd backends use: connection limits, the kite value, key pair indexing."""
+"""Pieces both etcd backends use: connection limits, retries, the kite value, key pair indexing.
+
+:class:`EtcdStorageBase` is their common base: the watch hub and its event pump,
+concurrent bulk upserts, and closing.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,21 @@ import hashlib
 import json
 import logging
 import random
+from abc import abstractmethod
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import gevent
 import requests
+from gevent.pool import Pool
 from requests.adapters import HTTPAdapter
 
 from kite.wire.protocol import PATH_FIELDS, KiteIdentity
+
+from .base import KiteEvent, KiteRecord, QueryLike, Storage, WatchCallback, Watcher, check_kite
+from .errors import StorageError
+from .query import KontrolQuery
+from .watch import EventPump, WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +48,21 @@ def contention_pause(attempt: int) -> None:
     """Sleep a little (randomly, longer with each ``attempt``) before retrying a lost race."""
     if attempt:
         gevent.sleep(random.uniform(0, CONTENTION_PAUSE * attempt))
+
+
+def retries(limit: int) -> Iterator[int]:
+    """``range(limit)``, pausing (:func:`contention_pause`) before each retry of a lost race.
+
+    Leave the loop on success; after it, ``raise`` :func:`contended`.
+    """
+    for attempt in range(limit):
+        contention_pause(attempt)
+        yield attempt
+
+
+def contended(what: str) -> StorageError:
+    """The error for a change to ``what`` that lost every attempt of its :func:`retries`."""
+    return StorageError(f"{what}: too many concurrent updates")
 
 
 def bounded_session(pool_size: int, verify: Any = True, cert: Any = None) -> requests.Session:
@@ -79,3 +106,83 @@ def kite_from_parts(parts: list[str]) -> KiteIdentity | None:
 def public_key_digest(public: str) -> str:
     """The key under which a public PEM is indexed (PEMs are too long and contain '/')."""
     return hashlib.sha256(public.encode()).hexdigest()
+
+
+class EtcdStorageBase(Storage):
+    """What both etcd backends share: one change feed per instance, bulk upserts, closing.
+
+    Watches: one :class:`EventPump` follows the backend's change feed (:meth:`_follow`)
+    while there are watchers, from the revision current when the first one was added.
+    Subclasses set ``_kites`` (the key prefix of the kites, named in the pump's logs).
+    """
+
+    #: Names the backend in the watch pump's logs.
+    _feed_name = "etcd"
+    _kites: str
+
+    def __init__(self, host: str, port: int, protocol: str, timeout: float, pool_size: int) -> None:
+        self._where = f"{protocol}://{host}:{port}"
+        self._timeout = timeout
+        self._pool_size = pool_size
+        self._hub = WatchHub(on_empty=self._stop_pump)
+        self._pump: EventPump | None = None
+        self._closed = False
+
+    def _check_registration(self, kite: KiteIdentity, url: str) -> None:
+        """Validate a registration before writing it (:func:`check_kite`; backends may add limits)."""
+        check_kite(kite, url)
+
+    def upsert_many(self, records: Iterable[KiteRecord], ttl: float | None = None) -> None:
+        """Upsert concurrently, at most ``pool_size`` at a time; raise the first failure."""
+        records = list(records)
+        for r in records:
+            self._check_registration(r.kite, r.url)
+
+        def one(r: KiteRecord) -> StorageError | None:
+            try:
+                self.upsert(r.kite, r.url, r.key_id, ttl)
+            except StorageError as e:
+                return e
+            return None
+
+        errors = [e for e in Pool(self._pool_size).imap_unordered(one, records) if e is not None]
+        if errors:
+            raise errors[0]
+
+    # -- watches ------------------------------------------------------------------------
+
+    @abstractmethod
+    def _revision(self) -> int:
+        """etcd's current revision (v3) or index (v2)."""
+
+    @abstractmethod
+    def _follow(self, start: int) -> Iterator[tuple[int, list[KiteEvent]]]:
+        """The change feed of the kites from revision ``start`` (see :data:`kontrol.storage.watch.Follow`)."""
+
+    def watch(self, query: QueryLike, callback: WatchCallback) -> Watcher:
+        q = KontrolQuery.coerce(query).validate()
+        revision = self._revision()
+        watcher = self._hub.add(q, callback, after_revision=revision)
+        if self._pump is None:
+            name = f"{self._feed_name} watch {self._where}{self._kites}"
+            self._pump = EventPump(name, self._follow, revision + 1, self._hub.publish)
+        return watcher
+
+    def _stop_pump(self) -> None:
+        if self._pump is not None:
+            self._pump.stop()
+            self._pump = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @abstractmethod
+    def _close_connections(self) -> None:
+        """Release the backend's connections to etcd."""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._hub.close()
+        self._stop_pump()
+        self._close_connections()
