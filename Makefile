@@ -31,6 +31,7 @@ test: deps lint
 lint: $(VENV)/.installed
 	$(PY) -m ruff check kite kontrol examples tests bench
 	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m mypy
 
 # The main job: Kontrol on sqlite, the math kite registered to it, a client finding it.
 # KITE_HOME keeps the generated kite.key and database inside the project.

@@ -50,7 +50,7 @@ class Value:
     def _mismatch(self, wanted: str) -> ArgumentError:
         return ArgumentError(f"expected {wanted}, got {_type_name(self.raw)}. Data: {self.raw!r}")
 
-    def _array(self) -> list:
+    def _array(self) -> list[Any]:
         if self.raw is None:
             raise ArgumentError("Cannot unmarshal nil argument")
         if not isinstance(self.raw, list):
@@ -110,7 +110,8 @@ class Value:
         """A function the caller passed (a dnode callback)."""
         if not callable(self.raw):
             raise self._mismatch("function")
-        return self.raw
+        fn: Callable[..., Any] = self.raw
+        return fn
 
     # Go's non-panicking names; in Python both raise.
     slice = must_slice
@@ -126,7 +127,7 @@ class Arguments(Value):
 
     __slots__ = ()
 
-    def _items(self) -> list:
+    def _items(self) -> list[Any]:
         raw = self.raw
         if raw is None:
             return []

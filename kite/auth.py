@@ -270,7 +270,7 @@ class Verifier:
         config = self.kite.config
         ttl = config.verify_ttl if config.verify_ttl else DEFAULT_VERIFY_TTL
         if ttl > 0:
-            cached = self._trust.get(pem, now)
+            cached: tuple[bool, float] | None = self._trust.get(pem, now)
             if cached is not None:
                 trusted, deadline = cached
                 if not trusted:
@@ -303,7 +303,7 @@ class Verifier:
         config = self.kite.config
         now = self.clock()
         snapshot = (config.kontrol_key, config.verify_func, config.verify_ttl)
-        hit = self._results.get((KITE_KEY, key), now)
+        hit: tuple[str, tuple[Any, ...]] | None = self._results.get((KITE_KEY, key), now)
         if hit is not None and hit[1] == snapshot:
             return hit[0]
         jwt = decode_jwt(key)
@@ -353,7 +353,7 @@ class Verifier:
             kite.name,
             config.verify_audience_func,
         )
-        hit = self._results.get((TOKEN, token), now)
+        hit: tuple[str, tuple[Any, ...]] | None = self._results.get((TOKEN, token), now)
         if hit is not None and hit[1] == snapshot:
             return hit[0]
         jwt = decode_jwt(token)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, overload
 
 import gevent
 from gevent.event import AsyncResult, Event
@@ -29,6 +29,7 @@ from .wire.protocol import Auth, KiteIdentity
 
 if TYPE_CHECKING:
     from .kite import Kite
+    from .kontrolclient.tokenrenewer import TokenRenewer
 
 log = logging.getLogger("kite.client")
 
@@ -39,7 +40,7 @@ BACKOFF_MULTIPLIER = 1.5
 BACKOFF_JITTER = 0.5
 
 
-def backoff_delays(initial: float, multiplier: float, cap: float, jitter: float = BACKOFF_JITTER):
+def backoff_delays(initial: float, multiplier: float, cap: float, jitter: float = BACKOFF_JITTER) -> Iterator[float]:
     """Endless exponential back-off delays with +-``jitter`` randomisation."""
     interval = initial
     while True:
@@ -76,7 +77,7 @@ class Client:
         self._first_request_done = False
         self._closed = False
         self._connected_once = Event()
-        self._dial_loop: gevent.Greenlet | None = None
+        self._dial_loop: gevent.Greenlet[[], None] | None = None
         self._on_connect: list[Callable[[Client], Any]] = []
         self._on_disconnect: list[Callable[[Client], Any]] = []
         self._on_token_expire: list[Callable[[Client], Any]] = []
@@ -84,7 +85,7 @@ class Client:
         #: The :class:`~kite.kontrolclient.tokenrenewer.TokenRenewer` keeping ``auth`` fresh, if any
         #: (it sets itself here); with one, a call refused with "token is expired"
         #: is retried once with a renewed token.
-        self.token_renewer: Any = None
+        self.token_renewer: TokenRenewer | None = None
         #: The token key in use when a call last failed with "token is expired".
         self._expired_token: str | None = None
 
@@ -230,7 +231,17 @@ class Client:
 
     # -- calling -----------------------------------------------------------
 
-    def _start_call(self, method: str, args: tuple, result: Reply | None = None) -> tuple[Connection, int, Reply]:
+    @overload
+    def _start_call(
+        self, method: str, args: tuple[Any, ...], result: None = None
+    ) -> tuple[Connection, int, AsyncResult[Any]]: ...
+    @overload
+    def _start_call(
+        self, method: str, args: tuple[Any, ...], result: ReplyWaiter
+    ) -> tuple[Connection, int, ReplyWaiter]: ...
+    def _start_call(
+        self, method: str, args: tuple[Any, ...], result: Reply | None = None
+    ) -> tuple[Connection, int, Reply]:
         conn = self._conn
         if conn is None:
             raise SendError("can't send, session is not established yet")
@@ -264,7 +275,7 @@ class Client:
             self._check_token_expired(exc)
             raise
 
-    def _call_and_wait(self, method: str, timeout: float | None, args: tuple) -> Any:
+    def _call_and_wait(self, method: str, timeout: float | None, args: tuple[Any, ...]) -> Any:
         conn, cb_id, reply = self._start_call(method, args, ReplyWaiter())
         timer = gevent.Timeout(timeout) if timeout else None
         if timer is not None:
@@ -283,11 +294,11 @@ class Client:
             if timer is not None:
                 timer.close()
 
-    def go(self, method: str, *args: Any) -> AsyncResult:
+    def go(self, method: str, *args: Any) -> AsyncResult[Any]:
         """Start a call and return an :class:`~gevent.event.AsyncResult` for its result."""
         return self.go_with_timeout(method, None, *args)
 
-    def go_with_timeout(self, method: str, timeout: float | None, *args: Any) -> AsyncResult:
+    def go_with_timeout(self, method: str, timeout: float | None, *args: Any) -> AsyncResult[Any]:
         """Like :meth:`go`; the result fails with ``TimeoutError`` after ``timeout`` seconds."""
         conn, cb_id, result = self._start_call(method, args)
         if timeout:

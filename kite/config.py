@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .connection import DEFAULT_MAX_CONCURRENT_CALLS
 
@@ -136,9 +137,9 @@ class Config:
     kontrol_key: str = ""
     kontrol_user: str = ""
     #: ``verify_func(pem)``: decides whether a kite key's ``kontrolKey`` is trusted;
-    #: raise ``kite.KeyNotTrustedError`` (cached refusal) or any error to refuse.
-    #: ``None``: trust only ``kontrol_key`` itself (byte-identical), as Go's selfVerify.
-    verify_func: Callable[[str], None] | None = None
+    #: raise ``kite.KeyNotTrustedError`` or return ``False`` (cached refusals), or raise any
+    #: other error to refuse. ``None``: trust only ``kontrol_key`` itself (byte-identical), as Go's selfVerify.
+    verify_func: Callable[[str], bool | None] | None = None
     #: Seconds a kontrol-key trust decision is cached (0 = the default, 5 min;
     #: negative = not cached).
     verify_ttl: float = 0.0
@@ -167,7 +168,7 @@ class Config:
     kite_key_any_user: bool = False
     #: ``KITE_PROXY_URL``: a reverse proxy to register through (§8.3).
     proxy_url: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def copy(self) -> Config:
         """A copy whose ``extra`` dict is copied too (functions are shared)."""
@@ -246,7 +247,7 @@ class Config:
         return self
 
 
-def _convert(attr: str, value: str):
+def _convert(attr: str, value: str) -> int | float | str:
     if attr == "port":
         try:
             port = int(value)

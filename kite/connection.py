@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
 
 import gevent
 from gevent import getcurrent
@@ -50,7 +50,7 @@ _NEXT_TURN = 1e-6
 
 DISCONNECT_MESSAGE = "Remote kite has disconnected"
 
-CallHandler = Callable[["Connection", str, list], None]
+CallHandler = Callable[["Connection", str, list[Any]], None]
 
 
 class ReplyWaiter:
@@ -64,7 +64,7 @@ class ReplyWaiter:
     __slots__ = ("_waiter", "_loop")
 
     def __init__(self) -> None:
-        self._waiter = Waiter()
+        self._waiter: Waiter[Any] = Waiter()
         self._loop = self._waiter.hub.loop
 
     def set(self, value: Any) -> None:
@@ -78,8 +78,15 @@ class ReplyWaiter:
         return self._waiter.get()
 
 
-#: Either kind of reply receiver.
-Reply = AsyncResult | ReplyWaiter
+if TYPE_CHECKING:
+    # AsyncResult is not subscriptable at run time: the parametrised alias is the checker's only.
+    Reply: TypeAlias = AsyncResult[Any] | ReplyWaiter
+else:
+    #: Either kind of reply receiver.
+    Reply = AsyncResult | ReplyWaiter
+
+#: A reply receiver the caller supplies (and gets back as it is).
+_R = TypeVar("_R", bound=Reply)
 
 
 class Connection:
@@ -100,7 +107,7 @@ class Connection:
         self._calls: deque[dnode.Message] = deque()
         self._queue_drained = Event()
         self._queue_drained.set()
-        self._callbacks: deque[tuple[Callable[..., Any], list]] = deque()
+        self._callbacks: deque[tuple[Callable[..., Any], list[Any]]] = deque()
         self._callback_worker_running = False
         #: Pending outgoing calls: response callback id -> (result, method name).
         self._pending: dict[int, tuple[Reply, str]] = {}
@@ -114,7 +121,7 @@ class Connection:
 
     # -- sending -----------------------------------------------------------
 
-    def send_message(self, method: str | int, arguments: list, callbacks: dict[str, list]) -> None:
+    def send_message(self, method: str | int, arguments: list[Any], callbacks: dict[str, dnode.Path]) -> None:
         """Encode and send one message; :class:`SendError` if the session is gone."""
         text = dnode.encode_message(method, arguments, callbacks)
         try:
@@ -122,8 +129,21 @@ class Connection:
         except SessionClosed:
             raise SendError("can't send, session is closed") from None
 
+    @overload
     def call(
-        self, method: str, kite: dict, auth: dict | None, args: list, result: Reply | None = None
+        self, method: str, kite: dict[str, Any], auth: dict[str, Any] | None, args: list[Any], result: None = None
+    ) -> tuple[int, AsyncResult[Any]]: ...
+    @overload
+    def call(
+        self, method: str, kite: dict[str, Any], auth: dict[str, Any] | None, args: list[Any], result: _R
+    ) -> tuple[int, _R]: ...
+    def call(
+        self,
+        method: str,
+        kite: dict[str, Any],
+        auth: dict[str, Any] | None,
+        args: list[Any],
+        result: Reply | None = None,
     ) -> tuple[int, Reply]:
         """Send a kite call; return its response id and what receives the reply.
 
@@ -134,7 +154,7 @@ class Connection:
             raise SendError("can't send, session is closed")
         scrubber = self.scrubber
         cb_id = scrubber.allocate()
-        callbacks: dict[str, list] = {str(cb_id): [0, "responseCallback"]}
+        callbacks: dict[str, dnode.Path] = {str(cb_id): [0, "responseCallback"]}
         with_args = scrubber.scrub(args, [0, "withArgs"], callbacks)
         options = {
             "kite": kite,
@@ -156,7 +176,7 @@ class Connection:
         """Forget a pending call (after its timeout); a late reply is ignored."""
         self._pending.pop(cb_id, None)
 
-    def _forget(self, cb_id: int, callbacks: dict[str, list]) -> None:
+    def _forget(self, cb_id: int, callbacks: dict[str, dnode.Path]) -> None:
         self._pending.pop(cb_id, None)
         for key in callbacks:
             self.scrubber.remove(int(key))
@@ -165,7 +185,7 @@ class Connection:
         """A callable that invokes the peer's callback ``cb_id`` (fire and forget)."""
 
         def callback(*args: Any) -> None:
-            callbacks: dict[str, list] = {}
+            callbacks: dict[str, dnode.Path] = {}
             arguments = self.scrubber.scrub(list(args), [], callbacks)
             self.send_message(cb_id, arguments, callbacks)
 
@@ -276,7 +296,7 @@ class Connection:
 
     def _serve(self, msg: dnode.Message) -> None:
         try:
-            self._on_call(self, msg.method, msg.arguments)  # type: ignore[arg-type]
+            self._on_call(self, msg.method, msg.arguments)  # type: ignore[arg-type]  # calls only: method is a str
         except Exception:
             log.exception("call %r from %s failed", msg.method, self.session.remote_addr)
 
@@ -311,7 +331,7 @@ class Connection:
             result.set_exception(DisconnectError(DISCONNECT_MESSAGE))
 
 
-def _deliver_response(result: Reply, arguments: list) -> None:
+def _deliver_response(result: Reply, arguments: list[Any]) -> None:
     """Resolve a call from its response arguments.
 
     Go and kite.js servers send ``[{"error": ..., "result": ...}]``; a kite.js

@@ -10,7 +10,8 @@ from __future__ import annotations
 import getpass
 import logging
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -29,7 +30,7 @@ def _ping(r: Request) -> str:
     return "pong"
 
 
-def _system_info(r: Request) -> dict:
+def _system_info(r: Request) -> dict[str, Any]:
     return system_info()
 
 
@@ -50,7 +51,7 @@ def _heartbeat(r: Request) -> None:
     return None
 
 
-def _heartbeat_loop(ping, interval: int) -> None:
+def _heartbeat_loop(ping: Callable[[], Any], interval: int) -> None:
     while True:
         gevent.sleep(interval)
         try:

@@ -12,15 +12,15 @@ import socket
 import ssl
 import uuid
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gevent
 from flask import Flask
 from gevent.event import Event
 
 from . import handlers as builtin_handlers
-from .auth import KITE_KEY, TOKEN, Verifier, load_public_key
+from .auth import KITE_KEY, TOKEN, Verifier
 from .calls import serve_call
 from .client import Client
 from .config import Config
@@ -30,12 +30,25 @@ from .kontrolclient.kitemethods import KontrolMethods
 from .log import new_logger, setup_signal_handler
 from .method import RETURN_METHOD, Handler, HandlerFunc, Method, as_handler
 from .request import Request
+from .wire.jws import load_public_key
 from .wire.protocol import Auth, KiteIdentity, validate_name_version
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from gevent.pywsgi import WSGIServer
+
+    from .connection import CallHandler
+    from .transport.session import Session
+    from .transport.sockjs.server import SockJSServer
 
 #: Path prefix of the SockJS endpoint, as in Go kites.
 SOCKJS_PREFIX = "/kite"
 
 Authenticator = Callable[[Request], None]
+
+#: A method handler function, kept as it is by the :meth:`Kite.method` decorator.
+_HandlerFn = TypeVar("_HandlerFn", bound="Callable[[Request], Any]")
 
 
 class Kite(KontrolMethods):
@@ -85,13 +98,13 @@ class Kite(KontrolMethods):
         self._clients: set[Client] = set()
         self._ready = Event()
         self._closed = Event()
-        self._server = None
+        self._server: WSGIServer | None = None
         self._ssl_context: ssl.SSLContext | None = None
-        self._heartbeat: gevent.Greenlet | None = None
+        self._heartbeat: gevent.Greenlet[..., Any] | None = None
         #: The link to Kontrol behind :meth:`register`, :meth:`get_kites` & co. (timings are its attributes).
         self.kontrol = KontrolClient(self)
         self.app = Flask(f"kite.{name}")
-        self._sockjs = None
+        self._sockjs: SockJSServer | None = None
         builtin_handlers.register(self)
 
     def __repr__(self) -> str:
@@ -139,13 +152,15 @@ class Kite(KontrolMethods):
         """Serve ``name`` with ``fn(request) -> result``; returns the :class:`Method` for chaining."""
         return self.handle(name, HandlerFunc(fn))
 
-    def method(self, name: str | None = None, *, auth: bool | None = None, other_users: bool = False) -> Callable:
+    def method(
+        self, name: str | None = None, *, auth: bool | None = None, other_users: bool = False
+    ) -> Callable[[_HandlerFn], _HandlerFn]:
         """Decorator form of :meth:`handle_func`: ``@k.method("square", auth=False)``.
 
         ``other_users=True`` opens the method to kite keys of other users (:meth:`allow_other_users`).
         """
 
-        def register(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        def register(fn: _HandlerFn) -> _HandlerFn:
             m = self.handle_func(name or fn.__name__, fn)
             if auth is not None:
                 m.auth_required = auth
@@ -222,14 +237,14 @@ class Kite(KontrolMethods):
         """The kite key this kite authenticates with (``config.kite_key``)."""
         return self.config.kite_key
 
-    def kontrol_key(self):
+    def kontrol_key(self) -> rsa.RSAPublicKey | None:
         """The trusted Kontrol public key (a ``cryptography`` RSA key object), or ``None``.
 
         Parsed once per PEM and cached.
         """
         return self.verifier.kontrol_key()
 
-    def rsa_key(self, token: str):
+    def rsa_key(self, token: str) -> rsa.RSAPublicKey:
         """The key ``token`` must be signed with (Go's ``RSAKey``): the Kontrol key, after
         checking that the token is RS256 and issued by this kite's Kontrol user."""
         return self.verifier.rsa_key(token)
@@ -260,19 +275,19 @@ class Kite(KontrolMethods):
 
     # -- serving calls -----------------------------------------------------
 
-    def _handle_call_for(self, client: Client) -> Callable[[Connection, str, list], None]:
-        def handle(conn: Connection, method_name: str, arguments: list) -> None:
+    def _handle_call_for(self, client: Client) -> CallHandler:
+        def handle(conn: Connection, method_name: str, arguments: list[Any]) -> None:
             self._handle_call(client, method_name, arguments)
 
         return handle
 
-    def _handle_call(self, client: Client, method_name: str, arguments: list) -> None:
+    def _handle_call(self, client: Client, method_name: str, arguments: list[Any]) -> None:
         serve_call(self, client, method_name, arguments)
 
     # -- WSGI and serving --------------------------------------------------
 
     @property
-    def sockjs(self):
+    def sockjs(self) -> SockJSServer:
         """The SockJS WSGI app serving ``/kite``."""
         if self._sockjs is None:
             from .transport.sockjs.server import SockJSServer
@@ -287,14 +302,14 @@ class Kite(KontrolMethods):
             )
         return self._sockjs
 
-    def __call__(self, environ: dict, start_response: Callable) -> Any:
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """WSGI entry point: SockJS under ``/kite``, the Flask app elsewhere."""
         path = environ.get("PATH_INFO", "")
         if path == SOCKJS_PREFIX or path.startswith(SOCKJS_PREFIX + "/"):
             return self.sockjs(environ, start_response)
         return self.app(environ, start_response)
 
-    def _serve_session(self, session) -> None:
+    def _serve_session(self, session: Session) -> None:
         client = Client(self)
         self._clients.add(client)
         try:
@@ -306,7 +321,7 @@ class Kite(KontrolMethods):
             for fn in self._on_disconnect:
                 client._run_handler(fn)
 
-    def handle_http(self, pattern: str, view: Callable, methods: list[str] | None = None) -> None:
+    def handle_http(self, pattern: str, view: Callable[..., Any], methods: list[str] | None = None) -> None:
         """Serve ``view`` (a Flask view function) at ``pattern`` next to ``/kite``."""
         self.app.add_url_rule(pattern, endpoint=f"{pattern}:{id(view)}", view_func=view, methods=methods)
 
@@ -358,8 +373,11 @@ class Kite(KontrolMethods):
     @property
     def port(self) -> int:
         """The bound port while serving, else the configured one."""
-        if self._server is not None:
-            return self._server.server_port
+        server = self._server
+        if server is not None:
+            port = server.server_port
+            assert port is not None  # make_server binds a (host, port) address, never a unix socket
+            return port
         return self.config.port
 
     @property

@@ -54,7 +54,7 @@ class HandlerFunc:
 def as_handler(handler: Handler | Callable[[Request], Any]) -> Handler:
     """Accept either a :class:`Handler` object or a plain function."""
     if hasattr(handler, "serve_kite"):
-        return handler  # type: ignore[return-value]
+        return handler
     if callable(handler):
         return HandlerFunc(handler)
     raise TypeError(f"not a handler: {handler!r} (want serve_kite(request) or a function)")

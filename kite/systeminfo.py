@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 _GO_OS = {"linux": "linux", "darwin": "darwin", "win32": "windows", "cygwin": "windows"}
 
@@ -23,7 +24,7 @@ def _meminfo() -> tuple[int, int]:
     return max(total - free, 0), total
 
 
-def system_info() -> dict:
+def system_info() -> dict[str, Any]:
     """The result of ``kite.systemInfo``: disk values in KiB of ``/``, memory in bytes."""
     st = os.statvfs("/")
     disk_total = st.f_blocks * st.f_frsize // 1024

@@ -37,6 +37,8 @@ from .config import Config
 from .testkeys import KeyPair
 
 if TYPE_CHECKING:
+    from gevent.event import Event
+
     from .client import Client
     from .kite import Kite
 
@@ -190,7 +192,8 @@ def serve(kite: Kite, timeout: float = SERVE_TIMEOUT) -> Iterator[Kite]:
     g = gevent.spawn(kite.run)
     try:
         ready = kite.server_ready_notify()
-        gevent.wait([ready, g], timeout=timeout, count=1)
+        waitables: list[Event | gevent.Greenlet[[], None]] = [ready, g]
+        gevent.wait(waitables, timeout=timeout, count=1)
         if not ready.is_set():
             if g.dead and g.exception is not None:
                 raise g.exception

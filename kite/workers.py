@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import gevent
 from gevent.hub import Waiter, get_hub
 
 log = logging.getLogger("kite.workers")
+
+#: What a parked worker is woken with: the function and its one argument.
+_Job: TypeAlias = tuple[Callable[[Any], Any], Any]
 
 #: Idle workers kept parked per process. Enough to absorb bursts of dozens of
 #: concurrent calls without spawning; few enough that idle memory stays small
@@ -29,7 +32,7 @@ class WorkerPool:
 
     def __init__(self, max_idle: int = MAX_IDLE_WORKERS):
         self.max_idle = max_idle
-        self._idle: list[Waiter] = []
+        self._idle: list[Waiter[_Job]] = []
         self._loop = get_hub().loop
 
     def submit(self, fn: Callable[[Any], Any], arg: Any) -> None:
@@ -48,7 +51,7 @@ class WorkerPool:
                 log.exception("worker job %r failed", fn)
             if len(self._idle) >= self.max_idle:
                 return
-            waiter = Waiter()
+            waiter: Waiter[_Job] = Waiter()
             self._idle.append(waiter)
             fn, arg = waiter.get()
 

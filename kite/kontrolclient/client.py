@@ -91,10 +91,10 @@ class KontrolClient:
         self._registered_on = -1
         self._registered = Event()
         self._on_register: list[Callable[[RegisterResult], Any]] = []
-        self._registrar: gevent.Greenlet | None = None
+        self._registrar: gevent.Greenlet[..., Any] | None = None
         self._register_wanted = Event()
-        self._register_waiters: list[tuple[str | None, AsyncResult]] = []
-        self._retry: gevent.Greenlet | None = None
+        self._register_waiters: list[tuple[str | None, AsyncResult[None]]] = []
+        self._retry: gevent.Greenlet[..., Any] | None = None
         self._watchers: list[Watcher] = []
         self._greenlets = Group()
         self._closed = False
@@ -208,7 +208,7 @@ class KontrolClient:
         if self._registrar is None or self._registrar.dead:
             self._registrar = self._spawn(self._register_loop)
         url = str(url)
-        outcome = AsyncResult()
+        outcome: AsyncResult[None] = AsyncResult()
         self._register_waiters.append((url, outcome))
         self.register_url = url
         self._register_wanted.set()
@@ -323,7 +323,9 @@ class KontrolClient:
 
     # -- lookups -----------------------------------------------------------------
 
-    def _get_kites(self, query: KontrolQuery, watch_callback: Callable[..., Any] | None) -> tuple[list[dict], str]:
+    def _get_kites(
+        self, query: KontrolQuery, watch_callback: Callable[..., Any] | None
+    ) -> tuple[list[dict[str, Any]], str]:
         """``getKites``: the validated entries and the ``watcherID`` (or ``""``)."""
         args = {"query": query.to_wire(), "watchCallback": watch_callback, "who": None}
         raw = self.tell("getKites", self.kite.config.timeout, args)
@@ -339,7 +341,7 @@ class KontrolClient:
             raise NoKitesAvailableError()
         return [self._client_for(entry) for entry in entries]
 
-    def _client_for(self, entry: dict) -> Client:
+    def _client_for(self, entry: dict[str, Any]) -> Client:
         client = self.kite.new_client(entry["url"])
         client.kite = KiteIdentity.from_wire(entry["kite"])
         client.auth = Auth(TOKEN, entry["token"])
@@ -369,7 +371,7 @@ class KontrolClient:
         assert last_error is not None
         raise last_error
 
-    def watch_kites(self, query: Any, callback: Callable[[dict], Any], **fields: str) -> Watcher:
+    def watch_kites(self, query: Any, callback: Callable[[dict[str, Any]], Any], **fields: str) -> Watcher:
         """Watch REGISTER/DEREGISTER events; see :meth:`kite.Kite.watch_kites`."""
         watcher = Watcher(self, KontrolQuery.from_any(query, **fields), callback)
         watcher._watch()
@@ -412,12 +414,12 @@ class KontrolClient:
 
     # -- lifetime ------------------------------------------------------------------
 
-    def _spawn(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet[..., Any]:
         if self._closed:
             raise KontrolError("the kite is closed")
         return self._greenlets.spawn(fn, *args)
 
-    def _spawn_later(self, seconds: float, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
+    def _spawn_later(self, seconds: float, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet[..., Any]:
         greenlet = gevent.spawn_later(seconds, fn, *args)
         self._greenlets.add(greenlet)
         return greenlet

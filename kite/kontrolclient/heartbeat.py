@@ -102,7 +102,7 @@ class HTTPHeartbeat:
         self.on_register_again = on_register_again
         #: Heartbeats answered with ``pong`` so far.
         self.pongs = 0
-        self._greenlet: gevent.Greenlet | None = None
+        self._greenlet: gevent.Greenlet[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<HTTPHeartbeat {self.url} every {self.interval:g}s running={self.running}>"

@@ -125,7 +125,7 @@ class KontrolMethods:
         """
         return self.kontrol.dial_kite(query, timeout, **fields)
 
-    def watch_kites(self, query: Any, callback: Callable[[dict], Any], **fields: str) -> Watcher:
+    def watch_kites(self, query: Any, callback: Callable[[dict[str, Any]], Any], **fields: str) -> Watcher:
         """Call ``callback(event)`` for matching kites registering and deregistering.
 
         The current kites arrive first as ``REGISTER`` events. Note that Go Kontrols

@@ -88,7 +88,7 @@ class TokenRenewer:
         self._retry_at: float | None = None
         self._generation = 0
         self._active = False
-        self._loop: gevent.Greenlet | None = None
+        self._loop: gevent.Greenlet[[int], None] | None = None
         key = self._current_key()
         if key:
             try:

@@ -23,7 +23,7 @@ class Watcher:
     which delivers the current kites as ``REGISTER`` events once more.
     """
 
-    def __init__(self, kontrol: KontrolClient, query: KontrolQuery, callback: Callable[[dict], Any]):
+    def __init__(self, kontrol: KontrolClient, query: KontrolQuery, callback: Callable[[dict[str, Any]], Any]):
         self.query = query
         self.callback = callback
         #: The ``watcherID`` Kontrol returned, or ``""`` (the Go Kontrols return none).
@@ -63,7 +63,7 @@ class Watcher:
             return
         self._emit(event)
 
-    def _emit(self, event: dict) -> None:
+    def _emit(self, event: dict[str, Any]) -> None:
         if self.cancelled:
             return
         try:

@@ -35,6 +35,7 @@ from kite.wire.wsframes import (
     CLOSE_TOO_BIG,
     FrameDecoder,
     FrameError,
+    FrameEvent,
     encode_close,
     encode_frame,
 )
@@ -109,7 +110,7 @@ class WebSocket:
     ):
         self._sock = sock
         self._client = client
-        self._read = reader if reader is not None else sock.recv
+        self._read: Callable[[int], bytes] = reader if reader is not None else sock.recv
         self._buffered_reader = reader is not None  # a BufferedReader.read1 over ``sock``
         self._owns_socket = owns_socket
         self._decoder = FrameDecoder(masked=not client, max_message_size=max_message_size)
@@ -120,14 +121,14 @@ class WebSocket:
         self.close_reason: str = ""
         self._send_lock = Semaphore()
         self._recv_lock = Semaphore()
-        self._events: list[tuple] = []  # decoded, not yet handled
+        self._events: list[FrameEvent] = []  # decoded, not yet handled
         self._received = received  # bytes that came with the handshake
         self._read_size = IDLE_READ_SIZE  # grows while reads come back full
         self._close_sent = False
         self._close_received = False
         self._read_done = False  # no more messages will be returned
         self._failed = False  # we failed the connection; incoming bytes are garbage
-        self._closer: gevent.Greenlet | None = None
+        self._closer: gevent.Greenlet[[], None] | None = None
         self._torn_down = Event()
         #: Called (if set) before each socket read, once everything buffered has been handled:
         #: where a session writes what its reader queued in reply to the input just consumed.
@@ -331,14 +332,16 @@ class WebSocket:
         except FrameError as exc:
             self._fail(exc.code, exc.reason)
 
-    def _on_event(self, event: tuple) -> str | None:
+    def _on_event(self, event: FrameEvent) -> str | None:
         """Handle one frame event; a finished message is returned as text."""
         kind = event[0]
         if kind is wsframes.TEXT:
-            return event[1]
+            text: str = event[1]
+            return text
         if kind is wsframes.BINARY:
+            data: bytes = event[1]
             try:
-                return event[1].decode("utf-8")
+                return data.decode("utf-8")
             except UnicodeDecodeError:
                 self._fail(CLOSE_INVALID_DATA, "binary message is not valid UTF-8")
                 return None
@@ -408,7 +411,8 @@ class WebSocket:
             if remaining <= 0:
                 return
             data = b""
-            with gevent.Timeout(remaining, False):
+            # gevent documents False as "time out silently"; the types-gevent stub leaves it out.
+            with gevent.Timeout(remaining, False):  # type: ignore[arg-type]
                 data = self._received or self._read_some()
                 self._received = b""
             if not data:

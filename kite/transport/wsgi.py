@@ -12,14 +12,19 @@ gunicorn: ``gunicorn -k kite.server.GeventKiteWorker --graceful-timeout 5 app:ap
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import ssl as gssl
 from gevent.pywsgi import WSGIServer
-from geventwebsocket.handler import WebSocketHandler
 
 from .websocket import set_nodelay
+
+if TYPE_CHECKING:
+    # gevent-websocket has no types: check our handler against its base, gevent's WSGIHandler.
+    from gevent.pywsgi import WSGIHandler as WebSocketHandler
+else:
+    from geventwebsocket.handler import WebSocketHandler
 
 log = logging.getLogger("kite.server")
 
@@ -86,7 +91,8 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 if GeventWebSocketWorker is not None:
 
-    class GeventKiteWorker(GeventWebSocketWorker):
+    # gevent-websocket and gunicorn have no types: the base class is Any to the checker.
+    class GeventKiteWorker(GeventWebSocketWorker):  # type: ignore[misc]
         """gunicorn worker: gevent's pywsgi with :class:`KiteWebSocketHandler`."""
 
         wsgi_handler = KiteWebSocketHandler

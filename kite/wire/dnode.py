@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from kite.errors import LocalProtocolError, RemoteProtocolError
 
@@ -27,7 +27,11 @@ from . import jsoncodec
 #: What a function looks like on the wire.
 FUNCTION_PLACEHOLDER = "[Function]"
 
-Path = list  # list[int | str]
+if TYPE_CHECKING:
+    Path: TypeAlias = list[int | str]
+else:
+    #: Where a callback sits inside ``arguments``: object keys and array indices (``list[int | str]``).
+    Path = list
 
 #: Go prints floats from 1e21 up in exponent form; below that, whole floats as integers.
 _GO_EXPONENT_FROM = 1e21
@@ -44,8 +48,8 @@ class Message(NamedTuple):
     """
 
     method: str | int
-    arguments: list
-    callbacks: dict[int, list]
+    arguments: list[Any]
+    callbacks: dict[int, Path]
 
 
 def _is_function(value: Any) -> bool:
@@ -86,7 +90,7 @@ class Scrubber:
         """The local function for ``cb_id``, or ``None`` if unknown."""
         return self.callbacks.get(cb_id)
 
-    def scrub(self, value: Any, path: list, callbacks: dict[str, list]) -> Any:
+    def scrub(self, value: Any, path: Path, callbacks: dict[str, Path]) -> Any:
         """Return ``value`` with every function replaced by the placeholder.
 
         Each function found is registered and its path (``path`` + the route
@@ -100,7 +104,7 @@ class Scrubber:
         if kind is float:
             return _wire_float(value)
         if isinstance(value, dict):
-            out = None
+            out: dict[Any, Any] | None = None
             for key, item in value.items():
                 if type(item) in _PLAIN:
                     continue  # the common case: no call, no path built
@@ -111,17 +115,17 @@ class Scrubber:
                     out[key] = new
             return value if out is None else out
         if isinstance(value, (list, tuple)):
-            out = None
+            out_list: list[Any] | None = None
             for index, item in enumerate(value):
                 if type(item) in _PLAIN:
                     continue
                 new = self.scrub(item, [*path, index], callbacks)
                 if new is not item:
-                    if out is None:
-                        out = list(value)
-                    out[index] = new
-            if out is not None:
-                return out
+                    if out_list is None:
+                        out_list = list(value)
+                    out_list[index] = new
+            if out_list is not None:
+                return out_list
             return value if isinstance(value, list) else list(value)
         if isinstance(value, (str, int)):  # subclasses (enums, ...): as they are
             return value
@@ -141,7 +145,7 @@ def _wire_float(value: float) -> float | int:
     return value
 
 
-def encode_message(method: str | int, arguments: list, callbacks: dict[str, list]) -> str:
+def encode_message(method: str | int, arguments: list[Any], callbacks: dict[str, Path]) -> str:
     """Encode one dnode message as compact JSON, keys in Go's order.
 
     Raises :class:`LocalProtocolError` if a value cannot be encoded as JSON.
@@ -161,7 +165,7 @@ def decode_message(text: str | bytes) -> Message:
     if not isinstance(obj, dict):
         raise RemoteProtocolError("message is not a JSON object")
 
-    method = obj.get("method")
+    method: Any = obj.get("method")
     kind = type(method)
     if kind is not str:
         if kind is float and method.is_integer():
@@ -178,7 +182,7 @@ def decode_message(text: str | bytes) -> Message:
         arguments = []
 
     raw_callbacks = obj.get("callbacks")
-    callbacks: dict[int, list] = {}
+    callbacks: dict[int, Path] = {}
     if raw_callbacks:
         if type(raw_callbacks) is not dict:
             raise RemoteProtocolError("callbacks is not an object")
@@ -196,7 +200,7 @@ def decode_message(text: str | bytes) -> Message:
     return Message(method, arguments, callbacks)
 
 
-def unscrub(arguments: list, callbacks: dict[int, list], make_proxy: Callable[[int], Any]) -> None:
+def unscrub(arguments: list[Any], callbacks: dict[int, Path], make_proxy: Callable[[int], Any]) -> None:
     """Put ``make_proxy(id)`` at every callback path inside ``arguments`` (in place).
 
     Array indices may be integers or decimal strings. A path through a missing
@@ -214,7 +218,7 @@ def unscrub(arguments: list, callbacks: dict[int, list], make_proxy: Callable[[i
             _place(container, path[-1], make_proxy, cb_id)
 
 
-def _index(container: list, step: Any) -> int | None:
+def _index(container: list[Any], step: int | str) -> int | None:
     if isinstance(step, str):
         if not (step.isdigit() and step.isascii()):
             return None
@@ -224,7 +228,7 @@ def _index(container: list, step: Any) -> int | None:
     return None
 
 
-def _step(container: Any, step: Any) -> Any:
+def _step(container: Any, step: int | str) -> Any:
     if isinstance(container, list):
         index = _index(container, step)
         return None if index is None else container[index]
@@ -233,7 +237,7 @@ def _step(container: Any, step: Any) -> Any:
     return None
 
 
-def _place(container: Any, step: Any, make_proxy: Callable[[int], Any], cb_id: int) -> None:
+def _place(container: Any, step: int | str, make_proxy: Callable[[int], Any], cb_id: int) -> None:
     if isinstance(container, list):
         index = _index(container, step)
         if index is not None:

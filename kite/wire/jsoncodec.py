@@ -17,7 +17,7 @@ from typing import Any
 try:
     import orjson
 except ImportError:  # pragma: no cover - orjson is a declared dependency
-    orjson = None
+    orjson = None  # type: ignore[assignment]  # None only without the declared dependency
 
 _std_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _std_decode = json.JSONDecoder().decode

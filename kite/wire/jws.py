@@ -14,7 +14,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -22,6 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from kite.errors import AuthenticationError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 #: The only signing algorithm accepted (Kontrol signs kite keys and tokens with it).
 ALGORITHM = "RS256"
@@ -112,6 +115,7 @@ def load_public_key(pem: str) -> rsa.RSAPublicKey:
     Raises ``ValueError`` when the text is not an RSA public key.
     """
     data = pem.encode("utf-8", "replace") if isinstance(pem, str) else pem
+    key: PublicKeyTypes
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
             key = x509.load_pem_x509_certificate(data).public_key()

@@ -227,8 +227,8 @@ class XhrClientSession(ClientSession):
         self._streaming = streaming
         self._timeout = timeout
         self._headers = {"Content-Type": "text/plain", **headers}
-        self._inbox: Queue = Queue()
-        self._receiver: gevent.Greenlet | None = None
+        self._inbox: Queue[str | None] = Queue()  # None: no more messages
+        self._receiver: gevent.Greenlet[..., None] | None = None
         super().__init__(urlsplit(session_url).netloc)
 
     def _url(self, endpoint: str) -> str:
@@ -295,7 +295,7 @@ class XhrClientSession(ClientSession):
                 if line and line.strip(b"h"):
                     yield line.decode("utf-8", "replace")
 
-    def _receive_loop(self, frames: Iterator[str], response: Any) -> None:
+    def _receive_loop(self, frames: Iterable[str], response: Any) -> None:
         try:
             while not self._closed:
                 for frame in frames:

@@ -21,9 +21,9 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -33,6 +33,9 @@ from kite.transport.session import Session
 from kite.wire.sockjs import GO_AWAY, decode_client_payload
 
 from .sessions import WebSocketSession, XhrSession
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse
 
 log = logging.getLogger("kite.sockjs")
 
@@ -95,7 +98,9 @@ def _cache_for() -> list[tuple[str, str]]:
     ]
 
 
-def _respond(start_response: Callable, status: str, headers: list, body: bytes = b"") -> list[bytes]:
+def _respond(
+    start_response: StartResponse, status: str, headers: list[tuple[str, str]], body: bytes = b""
+) -> list[bytes]:
     if not status.startswith("204"):
         headers = [*headers, ("Content-Length", str(len(body)))]
     start_response(status, headers)
@@ -142,7 +147,7 @@ class SockJSServer:
 
     # -- WSGI ----------------------------------------------------------------------------
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         rest = None
         # PATH_INFO alone (served at the root), or behind SCRIPT_NAME (mounted at the prefix).
         for path in (environ.get("PATH_INFO", ""), environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")):
@@ -162,7 +167,8 @@ class SockJSServer:
                 allowed.extend(methods)
                 continue
             try:
-                return getattr(self, name)(environ, start_response, *match.groups())
+                handler: Callable[..., Iterable[bytes]] = getattr(self, name)
+                return handler(environ, start_response, *match.groups())
             except Exception:
                 log.exception("SockJS %s %s failed", method, path)
                 return self._error(start_response, "500 Internal Server Error", "Internal Server Error")
@@ -171,11 +177,11 @@ class SockJSServer:
         return self._not_found(start_response)
 
     @staticmethod
-    def _not_found(start_response: Callable) -> list[bytes]:
+    def _not_found(start_response: StartResponse) -> list[bytes]:
         return SockJSServer._error(start_response, "404 Not Found", "404 page not found")
 
     @staticmethod
-    def _error(start_response: Callable, status: str, text: str) -> list[bytes]:
+    def _error(start_response: StartResponse, status: str, text: str) -> list[bytes]:
         # Go's http.Error: text/plain, nosniff, the text plus a newline.
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff")]
         return _respond(start_response, status, headers, (text + "\n").encode())
@@ -195,33 +201,35 @@ class SockJSServer:
 
     # -- plain HTTP endpoints ------------------------------------------------------------------
 
-    def _greeting(self, environ, start_response) -> list[bytes]:
+    def _greeting(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         headers = [("Content-Type", "text/plain;charset=UTF-8")]
         return _respond(start_response, "200 OK", headers, b"Welcome to SockJS!\n")
 
-    def _info(self, environ, start_response) -> list[bytes]:
+    def _info(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         info = {"websocket": True, "cookie_needed": False, "origins": ["*:*"], "entropy": secrets.randbelow(2**31)}
         body = json.dumps(info, separators=(",", ":")).encode()
         headers = [*_cors(environ), _NO_CACHE, ("Content-Type", "application/json; charset=UTF-8")]
         return _respond(start_response, "200 OK", headers, body)
 
-    def _info_options(self, environ, start_response) -> list[bytes]:
+    def _info_options(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         headers = [*_cors(environ), *_cache_for(), ("Access-Control-Allow-Methods", "OPTIONS, GET")]
         return _respond(start_response, "204 No Content", headers)
 
-    def _xhr_options(self, environ, start_response, session_id: str) -> list[bytes]:
+    def _xhr_options(self, environ: dict[str, Any], start_response: StartResponse, session_id: str) -> list[bytes]:
         headers = [*_cors(environ), *_cache_for(), ("Access-Control-Allow-Methods", "OPTIONS, POST")]
         return _respond(start_response, "204 No Content", headers)
 
     # -- WebSocket transports -----------------------------------------------------------------
 
-    def _raw_websocket(self, environ, start_response) -> list[bytes]:
+    def _raw_websocket(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         return self._serve_websocket(environ, start_response, sockjs=False, session_id="")
 
-    def _sockjs_websocket(self, environ, start_response, session_id: str) -> list[bytes]:
+    def _sockjs_websocket(self, environ: dict[str, Any], start_response: StartResponse, session_id: str) -> list[bytes]:
         return self._serve_websocket(environ, start_response, sockjs=True, session_id=session_id)
 
-    def _serve_websocket(self, environ, start_response, *, sockjs: bool, session_id: str) -> list[bytes]:
+    def _serve_websocket(
+        self, environ: dict[str, Any], start_response: StartResponse, *, sockjs: bool, session_id: str
+    ) -> list[bytes]:
         ws = websocket.WebSocket.from_environ(environ, max_message_size=self.max_message_size)
         if ws is None:
             return self._error(start_response, "400 Bad Request", 'Can "Upgrade" only to "WebSocket".')
@@ -254,22 +262,24 @@ class SockJSServer:
     def _xhr_headers(self, environ: dict[str, Any], content_type: str) -> list[tuple[str, str]]:
         return [*_cors(environ), _NO_CACHE, ("Content-Type", content_type)]
 
-    def _xhr_poll(self, environ, start_response, session_id: str) -> list[bytes]:
+    def _xhr_poll(self, environ: dict[str, Any], start_response: StartResponse, session_id: str) -> list[bytes]:
         frame = self._session_for(environ, session_id).poll()
         return _respond(start_response, "200 OK", self._xhr_headers(environ, _JS), (frame + "\n").encode())
 
-    def _xhr_streaming(self, environ, start_response, session_id: str) -> Iterator[bytes]:
+    def _xhr_streaming(
+        self, environ: dict[str, Any], start_response: StartResponse, session_id: str
+    ) -> Iterator[bytes]:
         session = self._session_for(environ, session_id)
         start_response("200 OK", self._xhr_headers(environ, _JS))
         return session.stream(self.streaming_limit, XHR_STREAMING_PRELUDE, "%s\n")
 
-    def _eventsource(self, environ, start_response, session_id: str) -> Iterator[bytes]:
+    def _eventsource(self, environ: dict[str, Any], start_response: StartResponse, session_id: str) -> Iterator[bytes]:
         # sockjs-client may pick this transport (browsers, or when told to).
         session = self._session_for(environ, session_id)
         start_response("200 OK", self._xhr_headers(environ, "text/event-stream; charset=UTF-8"))
         return session.stream(self.streaming_limit, b"\r\n", "data: %s\r\n\r\n")
 
-    def _xhr_send(self, environ, start_response, session_id: str) -> list[bytes]:
+    def _xhr_send(self, environ: dict[str, Any], start_response: StartResponse, session_id: str) -> list[bytes]:
         try:
             body = environ["wsgi.input"].read(self.max_message_size + 1)
         except (OSError, ValueError) as exc:

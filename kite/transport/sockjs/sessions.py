@@ -108,7 +108,7 @@ class WebSocketSession(HubFlush, ServerSession):
         self._inbox: deque[str] = deque()
         self._ws_done = False
         self._beat_due = False
-        self._writer: gevent.Greenlet | None = None
+        self._writer: gevent.Greenlet[[], None] | None = None
         self._init_flush()
 
     def send(self, message: str) -> None:
@@ -207,7 +207,8 @@ class WebSocketSession(HubFlush, ServerSession):
     def finish(self) -> None:
         """After ``on_session``: let the writer send the close, then release the socket (bounded)."""
         self.close()
-        with gevent.Timeout(2 * websocket.CLOSE_TIMEOUT, False):
+        # gevent documents False as "time out silently"; the types-gevent stub leaves it out.
+        with gevent.Timeout(2 * websocket.CLOSE_TIMEOUT, False):  # type: ignore[arg-type]
             if self._writer is not None:
                 self._writer.join()
             self._ws.close()
@@ -229,7 +230,7 @@ class XhrSession(ServerSession):
     def __init__(self, server: SockJSServer, session_id: str, remote_addr: str):
         super().__init__(session_id, remote_addr)
         self._server = server
-        self._inbox: Queue = Queue()
+        self._inbox: Queue[str | None] = Queue()  # None: no more messages
         self._opened = False  # "o" delivered
         self._attached = False
         self._reaped = False  # ended because the client stopped polling
