@@ -6,7 +6,8 @@ Options come from flags, else ``KONTROL_<NAME>`` environment variables, else def
     kontrol                        # sqlite in $KITE_HOME/kontrol.db, port 4000
 
 With no key pair configured (``--publickeyfile``/``--privatekeyfile``), the first
-run generates one, writes it next to the kite.key and stores it.
+run generates one and writes it next to the kite.key; later runs load it from
+there (whatever the storage, so kite keys issued before stay valid) and store it.
 """
 
 from __future__ import annotations
@@ -86,17 +87,44 @@ def key_pair(args: argparse.Namespace) -> tuple[str, str] | None:
         return pub.read(), priv.read()
 
 
+#: Where the generated key pair lives, under $KITE_HOME: (public, private) file names.
+KEY_PAIR_DIR = "kontrol"
+KEY_PAIR_FILES = ("key_pub.pem", "key.pem")
+
+
+def _key_pair_paths() -> tuple[str, str]:
+    directory = os.path.join(kitekey.kite_home(), KEY_PAIR_DIR)
+    return os.path.join(directory, KEY_PAIR_FILES[0]), os.path.join(directory, KEY_PAIR_FILES[1])
+
+
+def saved_key_pair() -> tuple[str, str] | None:
+    """The pair an earlier run generated under $KITE_HOME/kontrol, or ``None`` when there is none.
+
+    Whatever the storage, these files are loaded and never overwritten: every
+    kite.key issued before was signed with them.
+    """
+    paths = _key_pair_paths()
+    present = [os.path.exists(p) for p in paths]
+    if not any(present):
+        return None
+    if not all(present):
+        found, missing = (paths[0], paths[1]) if present[0] else (paths[1], paths[0])
+        sys.exit(f"kontrol: found {found} but not {missing}: restore it, or remove both to generate a new pair")
+    with open(paths[0]) as pub, open(paths[1]) as priv:
+        return pub.read(), priv.read()
+
+
 def generated_key_pair() -> tuple[str, str]:
-    """A new pair, written as key_pub.pem / key.pem (0600) under $KITE_HOME/kontrol."""
+    """A new pair, written as key_pub.pem / key.pem (0600) under $KITE_HOME/kontrol (never over old files)."""
     public, private = generate_pem_pair()
-    directory = os.path.join(kitekey.kite_home(), "kontrol")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    for name, pem in (("key_pub.pem", public), ("key.pem", private)):
-        path = os.path.join(directory, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    paths = _key_pair_paths()
+    os.makedirs(os.path.dirname(paths[0]), mode=0o700, exist_ok=True)
+    for path, pem in zip(paths, (public, private), strict=True):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(pem)
-    log.info("generated a key pair in %s (key_pub.pem, key.pem)", directory)
+    directory = os.path.dirname(paths[0])
+    log.info("generated a key pair in %s (%s)", directory, ", ".join(KEY_PAIR_FILES))
     print(f"kontrol: generated a key pair in {directory}", file=sys.stderr)
     return public, private
 
@@ -110,8 +138,8 @@ def build(args: argparse.Namespace) -> Kontrol:
         config.kontrol_url = args.kontrolurl
     config.ip = args.ip
     config.port = args.port or DEFAULT_PORT
-    kontrol = Kontrol(config, storage_url(args), version=args.version)
-    pems = key_pair(args)
+    kontrol = Kontrol(config, storage_url(args), version=args.version, register_url=args.registerurl)
+    pems = key_pair(args) or saved_key_pair()
     if pems is not None:
         kontrol.add_key_pair(*pems)
     elif not kontrol.storage.list_key_pairs():

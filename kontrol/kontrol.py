@@ -7,13 +7,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import gevent
+
 from kite import Client, Config, Kite, Request
 from kite.wire.protocol import KiteIdentity
 
 from . import handlers
 from .http import blueprint
 from .keypairs import KeyPairs
-from .registry import HEARTBEAT_INTERVAL, Registry
+from .registry import HEARTBEAT_INTERVAL, SELF, Registry
 from .storage import (
     KeyPair,
     KeyPairDeletedError,
@@ -33,6 +35,8 @@ log = logging.getLogger("kontrol")
 KONTROL_VERSION = "0.0.4"
 #: Port Kontrol listens on when none is configured (Go: 4000).
 DEFAULT_PORT = 4000
+#: Seconds between attempts to register itself while the storage is unavailable.
+SELF_REGISTER_RETRY = 2.0
 
 MachineAuthenticator = Callable[[str, Request], None]
 
@@ -54,6 +58,12 @@ class Kontrol:
     and kite key; ``kontrol_url`` goes into the kite keys it issues); ``storage``
     a :class:`~kontrol.storage.Storage` or an :func:`~kontrol.storage.open_storage`
     name (default: ``memory``).
+
+    Once serving, Kontrol registers itself like any kite (§7.13), under its own
+    user and the name ``kontrol``, at ``register_url`` (default: the
+    ``kontrol_url`` of its config, else the URL it serves on), so that queries
+    list it and kites can find Kontrols as they find each other. The entry is
+    refreshed while Kontrol runs and removed when it closes.
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class Kontrol:
         token_ttl: float = TOKEN_TTL,
         token_leeway: float = TOKEN_LEEWAY,
         machine_authenticator: MachineAuthenticator = refuse_machines,
+        register_url: str = "",
         **registry_options: float,
     ):
         config = config if config is not None else Config()
@@ -76,6 +87,9 @@ class Kontrol:
         self.registry = Registry(self.storage, **registry_options)
         self.tokens = TokenIssuer(self.keypairs, self.username, token_ttl, token_leeway)
         self.machine_authenticator = machine_authenticator
+        #: The URL Kontrol registers for itself ("": ``kontrol_url``); see the class docstring.
+        self.register_url = register_url
+        self._self_registration: gevent.Greenlet | None = None
         self._closing = False
         self._watchers: dict[Client, dict[str, Watcher]] = {}
         self._registered: dict[Client, set[str]] = {}
@@ -187,12 +201,29 @@ class Kontrol:
         if not self.kite.config.kontrol_key:
             self.kite.config.kontrol_key = self.keypairs.current().public
         self.registry.start()
+        self._self_registration = gevent.spawn(self._register_self)
         self.kite.run()
+
+    def _register_self(self) -> None:
+        """Once serving, put Kontrol's own entry in the registry (retried while the storage refuses)."""
+        self.kite.server_ready_notify().wait()
+        url = self.register_url or self.kontrol_url
+        while not self._closing:
+            try:
+                self.registry.register(self.kite.kite(), url, self.keypairs.current().id, SELF)
+                log.info("registered itself as %s at %s", self.kite.kite(), url)
+                return
+            except StorageError as exc:
+                log.warning("cannot register itself yet: %s", exc)
+                gevent.sleep(SELF_REGISTER_RETRY)
 
     def close(self) -> None:
         """Stop serving, stop refreshing, close the storage (registered kites stay until their TTL)."""
         self._closing = True
+        if self._self_registration is not None:
+            self._self_registration.kill(block=False)
         self.registry.stop()
+        self.registry.deregister(self.kite.id)  # a Kontrol that stopped must not be found
         for watchers in self._watchers.values():
             for watcher in watchers.values():
                 watcher.cancel()

@@ -49,6 +49,8 @@ TICK = 0.5
 
 WEBSOCKET = "websocket"
 HTTP = "http"
+#: Kontrol's own entry: live for as long as the registry runs, with no heartbeat to miss.
+SELF = "self"
 
 
 @dataclass
@@ -163,7 +165,7 @@ class Registry:
         now = time.monotonic()
         deadline = self.heartbeat_interval + self.heartbeat_delay
         for kite_id, entry in list(self._entries.items()):
-            if now - entry.last_seen > deadline:
+            if entry.kind != SELF and now - entry.last_seen > deadline:
                 # Gone quiet: stop refreshing; the storage TTL removes it (§7.8).
                 log.info("%s stopped heartbeating; letting it expire", entry.kite)
                 del self._entries[kite_id]

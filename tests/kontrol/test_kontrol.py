@@ -238,3 +238,34 @@ def test_rotation_with_a_grace_period_retires_the_old_pair_later(kontrol):
     assert kontrol.keypairs.by_public(old.public) == old  # still valid during the grace period
     wait_until(lambda: kontrol.storage.list_key_pairs() == [new])
     assert kontrol.keypairs.by_public(old.public, allow_deleted=True).id == old.id
+
+
+def test_kontrol_registers_itself_and_leaves_when_it_closes(backend):
+    kontrol = start_kontrol(backend.open(), register_url="http://kontrol.example:4000/kite")
+    try:
+        probe = make_kite(kontrol, "alice", serve=False)
+        try:
+            # Found like any kite: by Kontrol's own user, and by name.
+            env = kontrol.kite.config.environment
+            for query in ({"username": "koding"}, {"username": "koding", "environment": env, "name": "kontrol"}):
+                (found,) = probe.get_kites(query)
+                assert found.url == "http://kontrol.example:4000/kite"
+                assert (found.kite.name, found.kite.id) == ("kontrol", kontrol.kite.id)
+                assert found.kite.version == kontrol.kite.version
+        finally:
+            probe.close()
+    finally:
+        kontrol.close()
+    if backend.shared:  # another instance on the same etcd no longer finds the stopped Kontrol
+        assert backend.open().get(KontrolQuery(username="koding")) == []
+
+
+def test_kontrol_registers_its_kontrol_url_by_default(backend):
+    kontrol = start_kontrol(backend.open())
+    try:
+        wait_until(lambda: kontrol.registry.seen(kontrol.kite.id))
+        (record,) = kontrol.storage.get(KontrolQuery(username="koding"))
+        assert record.kite.name == "kontrol"
+        assert record.url == kontrol.kite.url
+    finally:
+        kontrol.close()
