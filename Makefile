@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KITEJS := tests/interop/kitejs
 
-.PHONY: test lint run bench bench-kontrol bench-instructions clean deps etcd-server
+.PHONY: test lint run bench bench-kontrol bench-instructions clean deps etcd-server chromium
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ etcd-server:
 	@command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server)
 
-deps: $(VENV)/.installed $(KITEJS)/node_modules/.installed etcd-server
+# The browser test (tests/test_browser.py) drives Debian's Chromium with playwright (no browser download).
+chromium:
+	@command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+deps: $(VENV)/.installed $(KITEJS)/node_modules/.installed etcd-server chromium
 
 test: deps lint
 	$(PY) -m pytest

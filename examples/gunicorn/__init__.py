@@ -1,0 +1,1 @@
+"""A kite served by gunicorn with kite's gevent worker (``gunicorn.conf.py`` + ``app.py``)."""

@@ -1,0 +1,1 @@
+"""math-register: a math kite that registers itself to Kontrol (PROTOCOL.md §11)."""
