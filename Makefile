@@ -34,7 +34,7 @@ test: deps lint
 
 # Style, the layer contracts of setup.cfg (DESIGN.md) and the types.
 lint: $(VENV)/.installed
-	$(PY) -m ruff check kite kontrol examples tests bench
+	$(PY) -m ruff check kite kitecli kontrol examples tests bench
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m mypy
 

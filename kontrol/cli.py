@@ -28,7 +28,8 @@ from kite import kitekey  # noqa: E402
 from kite.config import Config  # noqa: E402
 
 from .keypairs import generate_pem_pair  # noqa: E402
-from .kontrol import DEFAULT_PORT, Kontrol  # noqa: E402
+from .kontrol import DEFAULT_PORT, Kontrol, MachineAuthenticator  # noqa: E402
+from .machines import password_authenticator  # noqa: E402
 
 log = logging.getLogger("kontrol")
 
@@ -46,6 +47,9 @@ OPTIONS = [
     ("tlscertfile", "TLSCERTFILE", "", "TLS certificate PEM (serve https/wss)"),
     ("tlskeyfile", "TLSKEYFILE", "", "TLS key PEM"),
     ("version", "VERSION", "0.0.1", "the Kontrol kite's version"),
+    ("machine-password-file", "MACHINE_PASSWORD_FILE", "",
+     "open registerMachine (kitecli register) to callers who send the password in this file"),
+    ("machine-users", "MACHINE_USERS", "", "with --machine-password-file: only these users (comma-separated)"),
 ]
 
 
@@ -129,6 +133,20 @@ def generated_key_pair() -> tuple[str, str]:
     return public, private
 
 
+def machine_authenticator(args: argparse.Namespace) -> MachineAuthenticator:
+    """``registerMachine`` opened by --machine-password-file (and --machine-users)."""
+    try:
+        with open(args.machine_password_file) as f:
+            password = f.read().strip()
+    except OSError as exc:
+        sys.exit(f"kontrol: --machine-password-file: {exc}")
+    if not password:
+        sys.exit(f"kontrol: --machine-password-file: {args.machine_password_file} is empty")
+    users = [u.strip() for u in args.machine_users.split(",") if u.strip()]
+    log.info("registerMachine open with a machine password%s", f" for {', '.join(users)}" if users else "")
+    return password_authenticator(password, users)
+
+
 def build(args: argparse.Namespace) -> Kontrol:
     """A Kontrol from the options, its config from kite.key and KITE_* when present."""
     config = Config.get(kite_key_required=False)
@@ -139,6 +157,8 @@ def build(args: argparse.Namespace) -> Kontrol:
     config.ip = args.ip
     config.port = args.port or DEFAULT_PORT
     kontrol = Kontrol(config, storage_url(args), version=args.version, register_url=args.registerurl)
+    if args.machine_password_file:
+        kontrol.machine_authenticator = machine_authenticator(args)
     pems = key_pair(args) or saved_key_pair()
     if pems is not None:
         kontrol.add_key_pair(*pems)

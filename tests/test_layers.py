@@ -49,7 +49,7 @@ def test_the_contracts_hold():
 def pristine(tmp_path_factory):
     tree = tmp_path_factory.mktemp("tree")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for package in ("kite", "kontrol"):
+    for package in ("kite", "kitecli", "kontrol"):
         shutil.copytree(ROOT / package, tree / package, ignore=ignore)
     shutil.copy(ROOT / "setup.cfg", tree / "setup.cfg")
     return tree

@@ -1,0 +1,5 @@
+"""``python -m kitecli``."""
+
+from kitecli.main import main
+
+raise SystemExit(main())
