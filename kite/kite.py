@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import gevent
-from flask import Flask
 from gevent.event import Event
 
 from . import handlers as builtin_handlers
@@ -36,6 +35,7 @@ from .wire.protocol import Auth, KiteIdentity, validate_name_version
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
     from cryptography.hazmat.primitives.asymmetric import rsa
+    from flask import Flask
     from gevent.pywsgi import WSGIServer
 
     from .connection import CallHandler
@@ -103,7 +103,7 @@ class Kite(KontrolMethods):
         self._heartbeat: gevent.Greenlet[..., Any] | None = None
         #: The link to Kontrol behind :meth:`register`, :meth:`get_kites` & co. (timings are its attributes).
         self.kontrol = KontrolClient(self)
-        self.app = Flask(f"kite.{name}")
+        self._app: Flask | None = None
         self._sockjs: SockJSServer | None = None
         builtin_handlers.register(self)
 
@@ -285,6 +285,16 @@ class Kite(KontrolMethods):
         serve_call(self, client, method_name, arguments)
 
     # -- WSGI and serving --------------------------------------------------
+
+    @property
+    def app(self) -> Flask:
+        """The kite's Flask app, serving everything outside ``/kite`` (made on first use, so that
+        a kite that only dials others never imports Flask)."""
+        if self._app is None:
+            from flask import Flask
+
+            self._app = Flask(f"kite.{self.name}")
+        return self._app
 
     @property
     def sockjs(self) -> SockJSServer:

@@ -8,21 +8,17 @@ being run is imported, so that a ``tell`` starts quickly.
 
 from __future__ import annotations
 
-from gevent import monkey
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-monkey.patch_all()  # a client entry point: the XHR transports (requests) must cooperate too
-
-import argparse  # noqa: E402
-import importlib  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import NoReturn  # noqa: E402
-
-from . import __version__  # noqa: E402
-from .errors import EXIT_INTERRUPTED, EXIT_OK, CliError, UsageError  # noqa: E402
-from .values import TRANSPORTS, duration  # noqa: E402
+from . import __version__
+from .errors import EXIT_INTERRUPTED, EXIT_OK, CliError, UsageError
+from .values import TRANSPORTS, duration
 
 #: Command name -> the module that implements it (imported only when that command runs).
 COMMANDS = {
@@ -38,6 +34,9 @@ COMMANDS = {
     "uninstall": "bundles",
     "version": "main",
 }
+#: The commands that talk to kites: they run monkey-patched (the XHR transports use requests),
+#: the others start without gevent at all.
+NETWORK_COMMANDS = frozenset({"tell", "ping", "query", "watch", "register"})
 #: One line per command for ``kitecli --help``.
 SUMMARIES = {
     "tell": "call a method of a kite and print its result",
@@ -135,8 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run kitecli; returns the exit code (see :mod:`kitecli.errors`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     json_requested = "--json" in argv
+    command = _command_of(argv)
+    if command in NETWORK_COMMANDS:
+        from gevent import monkey
+
+        monkey.patch_all()  # before anything imports socket or ssl (parsing a --timeout imports kite)
     try:
-        parser = build_parser(_command_of(argv))
+        parser = build_parser(command)
         args = parser.parse_args(argv)
         if args.command is None:
             raise UsageError("no command given", parser.format_usage())

@@ -6,14 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from kite.config import parse_duration
-
 #: The --transport choices (``auto``: websocket, falling back to XHR polling when it is refused).
 TRANSPORTS = ("websocket", "xhr_polling", "xhr_streaming", "auto")
 
 
 def duration(text: str) -> float:
     """Seconds from a Go duration (``4s``, ``1m``, ``500ms``) or a bare number of seconds."""
+    from kite.config import parse_duration
+
     try:
         seconds = parse_duration(text)
     except ValueError:
