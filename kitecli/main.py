@@ -139,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gevent import monkey
 
         monkey.patch_all()  # before anything imports socket or ssl (parsing a --timeout imports kite)
+        import gevent
+
+        hub = gevent.get_hub()
+        hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)  # Ctrl-C is ours to report, not the hub's
     try:
         parser = build_parser(command)
         args = parser.parse_args(argv)
