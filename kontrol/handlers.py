@@ -96,12 +96,18 @@ def handle_get_kites(kontrol: Kontrol, r: Request) -> dict[str, Any]:
     if not isinstance(arg, dict):
         raise GenericError("getKites expects an object with a query")
     query = _query(arg.get("query"))
+    audience = get_audience(query)
+    callback = arg.get("watchCallback")
+    # The watch starts before the read: a kite that comes or goes in between is then in the
+    # events (a kite in both arrives twice as REGISTER), never in neither.
+    watcher_id = kontrol.start_watch(r, query, audience, callback) if callable(callback) else None
     try:
         records = kontrol.storage.get(query)
     except StorageError as exc:
+        if watcher_id is not None:
+            kontrol.cancel_watch(r.client, watcher_id)
         raise GenericError(str(exc)) from None
     kites = []
-    audience = get_audience(query)
     for record in records:
         token = kontrol.tokens.token(audience, r.username, kontrol.signing_pair(record.key_id))
         entry: dict[str, Any] = {"kite": record.kite.to_wire(), "url": record.url, "token": token}
@@ -109,9 +115,8 @@ def handle_get_kites(kontrol: Kontrol, r: Request) -> dict[str, Any]:
             entry["keyId"] = record.key_id
         kites.append(entry)
     result: dict[str, Any] = {"kites": kites}
-    callback = arg.get("watchCallback")
-    if callable(callback):
-        result["watcherID"] = kontrol.start_watch(r, query, audience, callback)
+    if watcher_id is not None:
+        result["watcherID"] = watcher_id
     return result
 
 

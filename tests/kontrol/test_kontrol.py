@@ -269,3 +269,25 @@ def test_kontrol_registers_its_kontrol_url_by_default(backend):
         assert record.url == kontrol.kite.url
     finally:
         kontrol.close()
+
+
+def test_a_kite_registering_while_get_kites_reads_still_reaches_the_watcher(kontrol):
+    """getKites with a watchCallback: the watch starts before the read, so a kite registered
+    between the two is delivered (before, it was in neither the list nor the events)."""
+    bob = make_kite(kontrol, "bob", "cli", serve=False)
+    bc = kontrol_client(kontrol, bob)
+    late = make_kite(kontrol, "alice", serve=False)
+    read = kontrol.storage.get
+
+    def read_then_a_kite_registers(query):
+        records = read(query)
+        kontrol.storage.upsert(late.kite(), "http://127.0.0.1:1/kite", "", 60)  # no refresh will repeat it
+        return records
+
+    kontrol.storage.get = read_then_a_kite_registers
+    events = []
+    result = bc.tell("getKites", {"query": {"username": "alice"}, "watchCallback": lambda r: events.append(r)})
+    kontrol.storage.get = read
+    assert result["kites"] == []
+    wait_until(lambda: [e["result"]["kite"]["id"] for e in events] == [late.id])
+    bc.close()
