@@ -300,3 +300,25 @@ def test_gunicorn_config_names_the_worker_the_timeout_and_the_address():
     assert settings["graceful_timeout"] == "2"
     assert settings["bind"] == "['127.0.0.1:4242']"
     assert settings["wsgi_app"] == "examples.gunicorn.app:app"
+
+
+# -- exp2 ------------------------------------------------------------------------------------------------
+
+
+def test_exp2_dials_the_math_kite_and_squares_every_second():
+    from examples.math.server import build_kite
+    from tests.serving import serve_kite
+
+    math = build_kite()
+    math.config.ip, math.config.port = "127.0.0.1", 0
+    serve_kite(math)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "examples.exp2.client", "--url", math.url, "--count", "2"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        math.close()
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"connected to {math.url}"
+    squares = [line.removeprefix("square(").split(") = ") for line in lines[1:]]
+    assert len(squares) == 2 and all(int(n) ** 2 == int(sq) for n, sq in squares), lines
