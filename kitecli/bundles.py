@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import importlib.util
 import json
 import logging
@@ -136,7 +137,8 @@ def add_parsers(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None
     p.set_defaults(run=list_bundles)
 
     p = add("run", RUN_DESCRIPTION, RUN_EPILOG)
-    p.add_argument("name", metavar="NAME[/VERSION]", help="the bundle")
+    # optional for argparse, which would call ARGS required too when NAME is missing; run() requires it
+    p.add_argument("name", nargs="?", metavar="NAME[/VERSION]", help="the bundle")
     p.add_argument("bundle_args", nargs=argparse.REMAINDER, metavar="ARGS", help="passed to the bundle")
     p.set_defaults(run=run)
 
@@ -162,6 +164,8 @@ def list_bundles(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Exec the bundle's Python on :data:`LAUNCHER`; returns only if that fails."""
+    if not args.name:
+        raise UsageError("missing NAME: kitecli run NAME[/VERSION] [ARGS…]")
     bundle = store.resolve(store.kites_dir(), args.name)
     python = store.venv_python(bundle.path)
     bundle_args = list(args.bundle_args)
@@ -196,23 +200,22 @@ def uninstall(args: argparse.Namespace) -> int:
 
 def install(args: argparse.Namespace) -> int:
     source = _source(args.source)
+    isolation = _build_isolation(args.source)
     kites = store.kites_dir()
     store.sweep(kites)
     with store.staging(kites) as scratch:
         env_dir = scratch / "venv"
         log.info("creating a virtualenv in %s", env_dir)
         python = _create_venv(env_dir)
-        dist = _pip_install(python, args.source, scratch / "pip-report.json", args.verbose)
+        dist = _pip_install(python, [*isolation, args.source], scratch / "pip-report.json", args.verbose)
         info = _read_entry_points(python, dist)
         bundles = _bundles(info, source, kites, args.force)
-        moves = []
-        for i, bundle in enumerate(bundles):
-            staged = env_dir if i == 0 else scratch / f"copy-{i}"
-            if i:
-                store.copy_tree(env_dir, staged)
+        moves = [(env_dir if i == 0 else scratch / f"copy-{i}", b.path) for i, b in enumerate(bundles)]
+        for staged, _ in moves[1:]:
+            store.copy_tree(env_dir, staged)  # before env_dir is relocated
+        for (staged, _), bundle in zip(moves, bundles, strict=True):
             store.relocate(staged, env_dir, bundle.path)
             store.write_metadata(_at(bundle, staged))
-            moves.append((staged, bundle.path))
         store.commit(moves, scratch, args.force)
     if args.json:
         print_json({"installed": [b.to_json() for b in bundles]}, args)
@@ -251,10 +254,12 @@ def _create_venv(env_dir: Path) -> Path:
     return store.venv_python(env_dir)
 
 
-def _pip_install(python: Path, source: str, report: Path, verbose: bool) -> str:
-    """``pip install SOURCE`` in the venv of ``python``; returns the name of the distribution SOURCE is."""
+def _pip_install(python: Path, pip_args: list[str], report: Path, verbose: bool) -> str:
+    """``pip install [OPTIONS] SOURCE`` in the venv of ``python``; returns the name of the distribution
+    SOURCE is (the one pip's report marks as requested)."""
+    source = pip_args[-1]
     cmd = [str(python), "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
-           "--no-warn-script-location", "--report", str(report), *_build_isolation(source), source]
+           "--no-warn-script-location", "--report", str(report), *pip_args]
     log.info("running %s", " ".join(cmd))
     if verbose:
         output = ""
@@ -264,7 +269,7 @@ def _pip_install(python: Path, source: str, report: Path, verbose: bool) -> str:
                               text=True, errors="replace")
         output, code = proc.stdout, proc.returncode
     if code != 0:
-        tail = [line for line in output.splitlines() if line.strip()][-PIP_TAIL_LINES:]
+        tail = [line for line in _without_tracebacks(output.splitlines()) if line.strip()][-PIP_TAIL_LINES:]
         detail = ("; pip said:\n  " + "\n  ".join(tail)) if tail else " (see pip's output above)"
         raise CliError(f"pip could not install {source!r} (exit {code}){detail}",
                        details={"message": f"pip could not install {source!r}", "source": source,
@@ -277,18 +282,41 @@ def _pip_install(python: Path, source: str, report: Path, verbose: bool) -> str:
     return str(requested[0])
 
 
-def _build_isolation(source: str) -> list[str]:
-    """``["--no-build-isolation"]`` for a setuptools project this interpreter can build, else ``[]``."""
-    pyproject = Path(source) / "pyproject.toml"
-    if not Path(source).is_dir() or sys.version_info < (3, 11):  # 3.10 has no tomllib: pip's default
-        return []
-    import tomllib
+def _without_tracebacks(lines: list[str]) -> list[str]:
+    """``lines`` without Python traceback frames (a build backend that crashed): its exception stays."""
+    kept: list[str] = []
+    frame_indent: int | None = None
+    for line in lines:
+        indent = len(line) - len(line.lstrip())
+        if frame_indent is not None and indent > frame_indent:
+            continue  # the source line and carets of a frame
+        frame_indent = None
+        if line.strip().startswith("Traceback (most recent call last)"):
+            continue
+        if line.strip().startswith('File "'):
+            frame_indent = indent
+            continue
+        kept.append(line)
+    return kept
 
+
+def _build_isolation(source: str) -> list[str]:
+    """``["--no-build-isolation"]`` for a setuptools project this interpreter can build, else ``[]``
+    (a :class:`CliError` for a project whose pyproject.toml is broken)."""
+    pyproject = Path(source) / "pyproject.toml"
+    if not Path(source).is_dir():
+        return []
+    try:
+        tomllib = importlib.import_module("tomllib")
+    except ImportError:  # Python 3.10: pip's default
+        return []
     try:
         build = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("build-system", {}) \
             if pyproject.exists() else {}
-    except (OSError, ValueError):
-        return []  # pip reports a broken pyproject.toml better
+    except ValueError as exc:  # pip would crash on it with a traceback
+        raise CliError(f"{pyproject} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"cannot read {pyproject}: {exc.strerror}") from None
     backend = build.get("build-backend", "setuptools.build_meta:__legacy__")
     requires = build.get("requires", ["setuptools>=40.8.0"])
     if not str(backend).startswith("setuptools.build_meta") or not _can_build_with_setuptools(requires):
@@ -350,7 +378,7 @@ def _bundles(info: dict[str, Any], source: str, kites: Path, force: bool) -> lis
         raise CliError(f"distribution {dist} has an unusable version {version!r}")
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     bundles = []
-    for name, value in info["entry_points"]:
+    for name, value in sorted(info["entry_points"]):
         if not store.is_safe(name):
             raise CliError(f"entry point {name!r} of {dist}: invalid bundle name (letters, digits, . _ - only)")
         if EntryPoint(name, value, store.GROUP).attr is None:

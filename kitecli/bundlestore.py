@@ -26,8 +26,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kite.kitekey import kite_home
-
 from .errors import AnsweredError, CliError, UsageError
 
 log = logging.getLogger("kitecli.bundles")
@@ -67,8 +65,10 @@ class Bundle:
 
 
 def kites_dir() -> Path:
-    """``<kite home>/kites`` (not created)."""
-    return Path(kite_home()).expanduser().absolute() / "kites"
+    """``<kite home>/kites`` (not created); the kite home as :func:`kite.kitekey.kite_home` finds it
+    (``$KITE_HOME``, else ``~/.kite``), without importing kite (~0.1 s) just for that."""
+    home = os.environ.get("KITE_HOME", "") or os.path.join(os.path.expanduser("~"), ".kite")
+    return Path(home).expanduser().absolute() / "kites"
 
 
 def is_safe(text: str) -> bool:

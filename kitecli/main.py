@@ -130,11 +130,20 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return next((word for word in argv if word in COMMANDS), None)
 
 
+def _own_words(argv: list[str], command: str | None) -> list[str]:
+    """kitecli's words: after ``run NAME`` every word is the bundle's, ``--json`` included."""
+    if command != "run":
+        return argv
+    start = argv.index(command) + 1
+    name = next((i for i in range(start, len(argv)) if not argv[i].startswith("-")), len(argv))
+    return argv[: name + 1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run kitecli; returns the exit code (see :mod:`kitecli.errors`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    json_requested = "--json" in argv
     command = _command_of(argv)
+    json_requested = "--json" in _own_words(argv, command)
     if command in NETWORK_COMMANDS:
         from gevent import monkey
 

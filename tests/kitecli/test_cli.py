@@ -127,7 +127,8 @@ def test_bad_usage_exits_64_with_the_usage_and_one_line(args, message):
 
 
 def test_every_command_has_help():
-    for command in ("tell", "ping", "query", "watch", "register", "showkey", "version"):
+    for command in ("tell", "ping", "query", "watch", "register", "showkey", "version",
+                    "install", "list", "run", "uninstall"):
         r = kitecli(command, "--help")
         assert r.code == 0 and r.out.startswith(f"usage: kitecli {command}"), command
     top = kitecli("--help")
