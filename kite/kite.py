@@ -358,12 +358,10 @@ class Kite(KontrolMethods):
 
     def run(self) -> None:
         """Serve until :meth:`close` (blocking). ``KITE_VERSION`` set: print the version and return."""
-        from .transport.wsgi import make_server
-
         if os.environ.get("KITE_VERSION"):
             print(self.version)
             return
-        self._server = make_server(self, self.config.ip, self.config.port, ssl_context=self._ssl_context)
+        self._server = self._make_server()
         self._server.start()
         self.log.info("serving %s %s on %s", self.name, self.version, self.url)
         self._ready.set()
@@ -371,6 +369,13 @@ class Kite(KontrolMethods):
             self._closed.wait()
         finally:
             self._closed.set()
+
+    def _make_server(self) -> WSGIServer:
+        """The WSGI server :meth:`run` starts (not started yet): this kite on ``config.ip:config.port``,
+        with TLS when set. Subclasses may return one with other options (a handler class, say)."""
+        from .transport.wsgi import make_server
+
+        return make_server(self, self.config.ip, self.config.port, ssl_context=self._ssl_context)
 
     def server_ready_notify(self) -> Event:
         """An event set once :meth:`run` listens (``port`` is then the bound port)."""

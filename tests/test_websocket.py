@@ -404,3 +404,22 @@ def test_wss(tmp_path):
         assert client.recv_text() == "secret"
         client.close()
         assert client.wait_closed()
+
+
+def test_recv_texts_takes_what_one_read_brought_and_control_frames_are_still_handled():
+    def app(environ, start_response):
+        ws = WebSocket.from_environ(environ)
+        ws.recv_text()
+        ws.send_frames(b"".join([ws.text_frame("one"), websocket.encode_frame(0x9, b"p", False),
+                                 ws.text_frame("two"), ws.text_frame("three")]))  # one write
+        ws.recv_text()  # until the client closes
+        ws.close()
+        ws.wait_closed()
+        return []
+
+    with serve(app) as server:
+        ws = connect(f"ws://127.0.0.1:{server.server_port}/ws", timeout=5)
+        ws.send_text("go")
+        assert ws.recv_texts() == ["one", "two", "three"]
+        ws.close()
+        assert ws.recv_texts() is None

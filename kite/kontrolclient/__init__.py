@@ -4,7 +4,8 @@
 registers (over it, forever, or over HTTP with :mod:`.heartbeat`), finds
 (``get_kites``, ``dial_kite``), watches (:class:`Watcher`) and fetches tokens and
 keys; :class:`TokenRenewer` keeps a token client's credential fresh; the register
-URL is worked out in :mod:`.registerurl`; its errors are in :mod:`.errors`.
+URL is worked out in :mod:`.registerurl`; registering through a proxy kite is
+:mod:`.proxyclient`; its errors are in :mod:`.errors`.
 """
 
 from .client import KontrolClient
@@ -12,10 +13,12 @@ from .errors import (
     KontrolError,
     NoKitesAvailableError,
     NoKontrolURLError,
+    ProxyRegisterError,
     RegisterError,
     RegisterURLError,
 )
 from .keyrenewer import KeyRenewer
+from .proxyclient import ProxyPlan, ProxyRegistrar
 from .tokenrenewer import TokenRenewer
 from .watch import Watcher
 
@@ -25,6 +28,9 @@ __all__ = [
     "KontrolError",
     "NoKitesAvailableError",
     "NoKontrolURLError",
+    "ProxyPlan",
+    "ProxyRegisterError",
+    "ProxyRegistrar",
     "RegisterError",
     "RegisterURLError",
     "TokenRenewer",

@@ -39,6 +39,7 @@ from kite.wire.protocol import Auth, KiteIdentity, KontrolQuery, RegisterResult,
 from . import heartbeat
 from .errors import KontrolError, NoKitesAvailableError, NoKontrolURLError, RegisterError
 from .keyrenewer import KeyRenewer
+from .proxyclient import PROXY_RETRY_INTERVAL
 from .tokenrenewer import TokenRenewer
 from .watch import Watcher
 
@@ -75,6 +76,8 @@ class KontrolClient:
         self.client: Client | None = None
         #: Seconds between ``register_forever`` attempts after a failure.
         self.retry_interval = REGISTER_RETRY_INTERVAL
+        #: Seconds between ``register_to_proxy`` attempts after a failure.
+        self.proxy_retry_interval = PROXY_RETRY_INTERVAL
         #: ``register_http_forever`` back-off: first wait, multiplier, cap (seconds).
         self.http_register_initial = HTTP_REGISTER_INITIAL
         self.http_register_multiplier = HTTP_REGISTER_MULTIPLIER

@@ -35,3 +35,7 @@ class RegisterError(KontrolError):
 
 class RegisterURLError(KontrolError):
     """:meth:`~kite.Kite.register_url` cannot tell which address to register."""
+
+
+class ProxyRegisterError(KontrolError):
+    """A proxy kite refused ``register``, or answered with something that is not a public URL."""

@@ -18,6 +18,7 @@ from kite.wire.protocol import RegisterResult
 
 from .client import KontrolClient
 from .keyrenewer import KeyRenewer
+from .proxyclient import ProxyRegistrar, reverse_plan
 from .registerurl import register_url as _register_url
 from .watch import Watcher
 
@@ -98,6 +99,25 @@ class KontrolMethods:
         return self.kontrol.register_http_forever(
             url, initial=initial, multiplier=multiplier, max_interval=max_interval
         )
+
+    def register_to_proxy(
+        self, proxy_url: str | None = None, query: Any = None, *, kite_url: str | None = None
+    ) -> None:
+        """Register with Kontrol under the public URL of a reverse proxy kite, for ever
+        (Go's ``RegisterToProxy``, §8.3). Blocks until the kite closes: run it in a greenlet.
+
+        The proxy is ``proxy_url`` (default ``config.proxy_url``, ``KITE_PROXY_URL``), dialed
+        with the kite key; without one, a proxy picked at random among the ``getKites``
+        answers to ``query`` (default: Kontrol's user, this kite's environment, name
+        ``proxy``), with the token that came with it. Its ``register`` gets ``kite_url``
+        (default: :attr:`url` once the kite serves, or :meth:`register_url` when it listens on
+        all interfaces) and returns the public URL, which is kept registered with Kontrol
+        (:meth:`register_forever`). When the proxy connection drops the loop starts again
+        (another proxy, or the same one once back); failures are retried every
+        ``kontrol.proxy_retry_interval`` seconds (10). Raises
+        :class:`~kite.kontrolclient.NoKontrolURLError` at once without a Kontrol URL.
+        """
+        ProxyRegistrar(self.kontrol, reverse_plan(self.kontrol, proxy_url, query, kite_url)).run()
 
     def register_url(self, local: bool = True) -> str:
         """The URL to register: ``http(s)://<ip>:<port>/kite`` with the bound port (§1.6).

@@ -308,6 +308,24 @@ class WebSocket:
                 self._feed(data)
         return None
 
+    def recv_texts(self) -> list[str] | None:
+        """Block for the next message, and take every further one already received with it
+        (no further socket read); ``None`` once the connection is closed.
+
+        For relays: what one read brought in goes on with one :meth:`send_texts`.
+        """
+        first = self.recv_text()
+        if first is None:
+            return None
+        texts = [first]
+        with self._recv_lock:
+            events = self._events
+            while events and not self._read_done:
+                text = self._on_event(events.pop(0))
+                if text is not None:
+                    texts.append(text)
+        return texts
+
     def _read_some(self) -> bytes:
         size = self._read_size
         try:

@@ -1,0 +1,258 @@
+"""Fixtures for the reverse proxy tests: a real Kontrol, proxies and kites on 127.0.0.1.
+
+* ``kontrol``: Kontrol of user ``koding`` on memory storage, in this process
+  (:func:`tests.kontrol.conftest.start_kontrol`).
+* ``proxies``: a factory of in-process :class:`~kite.proxy.reverse.ReverseProxy` kites
+  (user ``koding``, environment ``prod``), registered with ``kontrol``; all closed afterwards.
+* ``kites``: a factory of kites of a user holding a kite key from ``kontrol`` (backends carry
+  :func:`tests.proxy.methods.add_methods`' methods, callers an ``answer`` method); all closed.
+* :class:`Proc`: a subprocess whose output is collected line by line;
+  :func:`proxy_process` (``python -m kite.proxy.reverse``) and :func:`backend_process`
+  (``python -m tests.proxy.backend_kite``) run with a ``$KITE_HOME`` of their own holding a
+  kite.key from ``kontrol``. Every process is stopped in a ``finally``.
+
+Every wait is on a condition with a timeout (:func:`tests.kontrol.conftest.wait_until`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import gevent
+import pytest
+
+from kite import Client, Config, Kite, KiteError, kitekey
+from kite.proxy.reverse import ReverseProxy
+from kontrol import Kontrol
+from kontrol.storage import open_storage
+from tests.kontrol.conftest import free_port, make_kite, start_kontrol, wait_until
+from tests.proxy.methods import add_methods
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+USER = "alice"
+ENVIRONMENT = "prod"
+REGION = "eu"
+#: Seconds a subprocess may take to print what is waited for (a Python start-up is ~0.5 s).
+OUTPUT_TIMEOUT = 20.0
+#: Seconds a stopped subprocess may take to exit.
+STOP_TIMEOUT = 10.0
+#: Retry interval of the kites' proxy and Kontrol registration loops in the tests (Go: 10 s).
+RETRY = 0.2
+
+
+@pytest.fixture
+def kontrol() -> Iterator[Kontrol]:
+    k = start_kontrol(open_storage("memory"))
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+def kite_config(kontrol: Kontrol, username: str) -> Config:
+    """A config as a kite.key of ``username`` from ``kontrol`` makes it, on 127.0.0.1:0, environment ``prod``."""
+    c = Config()
+    c.username, c.environment, c.region, c.ip, c.port = username, ENVIRONMENT, REGION, "127.0.0.1", 0
+    c.kite_key = kontrol.register_user(username)
+    c.kontrol_key = kontrol.keypairs.current().public
+    c.kontrol_user, c.kontrol_url = kontrol.username, kontrol.kite.url
+    return c
+
+
+def start_proxy(kontrol: Kontrol, port: int = 0, **options) -> ReverseProxy:
+    """A reverse proxy of Kontrol's own user, serving on 127.0.0.1:``port`` (0: any) in a greenlet."""
+    config = kite_config(kontrol, kontrol.username)
+    config.port = port
+    proxy = ReverseProxy(config, public_host="127.0.0.1", **options)
+    proxy.kontrol.retry_interval = RETRY
+    gevent.spawn(proxy.run)
+    assert proxy.server_ready_notify().wait(5)
+    return proxy
+
+
+@pytest.fixture
+def proxies(kontrol: Kontrol) -> Iterator[Callable[..., ReverseProxy]]:
+    made: list[ReverseProxy] = []
+
+    def make(port: int = 0, **options) -> ReverseProxy:
+        made.append(start_proxy(kontrol, port, **options))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for p in made:
+            p.close()
+
+
+@pytest.fixture
+def proxy(proxies) -> ReverseProxy:
+    return proxies()
+
+
+@pytest.fixture
+def kites(kontrol: Kontrol) -> Iterator[Callable[..., Kite]]:
+    """``kites(username="alice", name="math", serve=True)``: a backend (served) or a caller (``serve=False``)."""
+    made: list[Kite] = []
+
+    def make(username: str = USER, name: str = "math", serve: bool = True) -> Kite:
+        k = make_kite(kontrol, username, name, serve=False)
+        k.kontrol.proxy_retry_interval = k.kontrol.retry_interval = RETRY
+        k.config.timeout = 5.0
+        if serve:
+            add_methods(k)
+            gevent.spawn(k.run)
+            assert k.server_ready_notify().wait(5)
+        else:
+            k.handle_func("answer", lambda r: r.args.one().must_float64() * 7)
+        made.append(k)
+        return k
+
+    try:
+        yield make
+    finally:
+        for k in made:
+            k.close()
+
+
+def find_through(caller: Kite, prefix: str, name: str = "math", username: str = USER,
+                 timeout: float = 10.0) -> Client:
+    """The (undialed, token) client ``getKites`` returns for ``name`` once its URL starts with ``prefix``."""
+    found: list[Client] = []
+
+    def listed() -> bool:
+        try:
+            clients = caller.get_kites(username=username, environment=ENVIRONMENT, name=name)
+        except KiteError:
+            return False
+        found[:] = [c for c in clients if c.url.startswith(prefix)]
+        return bool(found)
+
+    wait_until(listed, timeout, lambda: f"no {name} kite at {prefix}* in Kontrol")
+    return found[0]
+
+
+def listed_urls(caller: Kite, name: str = "math", username: str = USER) -> list[str]:
+    """The URLs Kontrol lists for ``name`` now (``[]`` when none)."""
+    try:
+        return [c.url for c in caller.get_kites(username=username, environment=ENVIRONMENT, name=name)]
+    except KiteError:
+        return []
+
+
+def dial(caller: Kite, url: str, found: Client, transport: str = "websocket") -> Client:
+    """A client of ``url`` with ``found``'s credentials (the Kontrol token), dialed."""
+    client = caller.new_client(url, transport=transport)
+    client.auth = found.auth
+    client.dial_timeout(5)
+    return client
+
+
+# -- subprocesses ----------------------------------------------------------------------------
+
+
+class Proc:
+    """A subprocess from the project root, stdout and stderr collected line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = gevent.spawn(self._read)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def find(self, match: Callable[[str], bool], after: int = 0) -> str | None:
+        return next((line for line in self.lines[after:] if match(line)), None)
+
+    def wait_for(self, match: Callable[[str], bool], what: str, timeout: float = OUTPUT_TIMEOUT,
+                 after: int = 0) -> str:
+        """The first line (from line ``after`` on) ``match`` accepts; fails if the process exits first."""
+        wait_until(lambda: self.find(match, after) is not None or self._reader.dead, timeout,
+                   lambda: f"{self.args} never printed {what}; output:\n{self.output}")
+        line = self.find(match, after)
+        if line is None:
+            pytest.fail(f"{self.args} exited ({self.proc.wait()}) without printing {what}; output:\n{self.output}")
+        return line
+
+    def exit_code(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait for the process to exit on its own; its exit status."""
+        rc = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return rc
+
+    def stop(self) -> int:
+        """SIGTERM (SIGKILL after :data:`STOP_TIMEOUT`); the exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        self._reader.join(STOP_TIMEOUT)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would, and reap it."""
+        self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT)
+
+
+def kite_home(tmp_path: Path, kontrol: Kontrol, username: str) -> Path:
+    """A fresh ``$KITE_HOME`` holding a kite.key of ``username`` from ``kontrol``."""
+    home = tmp_path / f"home-{username}-{os.urandom(3).hex()}"
+    kitekey.write(kontrol.register_user(username), str(home / "kite.key"))
+    return home
+
+
+def process_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KITE_")}
+    return {**env, "KITE_HOME": str(home), "PYTHONUNBUFFERED": "1", **extra}
+
+
+@contextlib.contextmanager
+def proxy_process(tmp_path: Path, kontrol: Kontrol, port: int | None = None, *args: str,
+                  wait: bool = True) -> Iterator[tuple[Proc, int]]:
+    """``python -m kite.proxy.reverse`` on 127.0.0.1:``port`` (default: a free one); yields it and the port,
+    once it says Kontrol registered it (unless ``wait`` is false)."""
+    port = port or free_port()
+    env = process_env(kite_home(tmp_path, kontrol, kontrol.username))
+    proc = Proc([sys.executable, "-m", "kite.proxy.reverse", "--ip", "127.0.0.1", "--port", str(port),
+                 "--region", REGION, "--env", ENVIRONMENT, *args], env)
+    try:
+        if wait:
+            proc.wait_for(lambda line: "Registered to kontrol with URL" in line, "its registration")
+        yield proc, port
+    finally:
+        proc.stop()
+
+
+@contextlib.contextmanager
+def backend_process(tmp_path: Path, kontrol: Kontrol, **extra_env: str) -> Iterator[tuple[Proc, str]]:
+    """``python -m tests.proxy.backend_kite`` of ``alice``; yields it and its kite id once it serves."""
+    env = process_env(kite_home(tmp_path, kontrol, USER), KITE_ENVIRONMENT=ENVIRONMENT, KITE_REGION=REGION,
+                      KITE_IP="127.0.0.1", KITE_PORT="0", **extra_env)
+    proc = Proc([sys.executable, "-m", "tests.proxy.backend_kite", "--retry", str(RETRY)], env)
+    try:
+        ready = proc.wait_for(lambda line: line.startswith("READY "), "READY")
+        yield proc, ready.split()[1]
+    finally:
+        proc.stop()
