@@ -1,7 +1,7 @@
 """The whole benchmark suite (``make bench``): one table, then the figures against the targets.
 
     .venv/bin/python bench/run.py [--quick] [--rounds R] [--seconds S] [--growth-calls N] [--pin MODE]
-                                  [--sections square,ratios,payload,callbacks,memory]
+                                  [--sections square,ratios,payload,callbacks,proxy,memory]
 
 Sections (each also runs alone: ``bench/<module>.py``):
 
@@ -14,6 +14,8 @@ Sections (each also runs alone: ``bench/<module>.py``):
   flight; the SockJS session echo; python ⇄ python and session echo with 16 in flight.
 * ``payload`` (payload.py): 100 B / 10 KB / 1 MB results next to their ceiling.
 * ``callbacks`` (callbacks.py): a method calling a passed function once per call.
+* ``proxy`` (proxied.py): ``square`` through the reverse proxy next to the direct call,
+  1 and 16 in flight, in ``--rounds`` alternating rounds.
 * ``memory`` (memory.py): server RSS per idle connection at 1k and 10k connections,
   and over 1M calls (``--growth-calls N`` for fewer).
 
@@ -40,8 +42,9 @@ import ceiling  # noqa: E402
 import common  # noqa: E402
 import memory  # noqa: E402
 import payload  # noqa: E402
+import proxied  # noqa: E402
 
-SECTIONS = ("square", "ratios", "payload", "callbacks", "memory")
+SECTIONS = ("square", "ratios", "payload", "callbacks", "proxy", "memory")
 #: Targets of issue 3.
 CEILING_TARGET = 0.85
 KITEJS_TARGET = 1.2
@@ -219,6 +222,7 @@ def main() -> int:
     started = time.perf_counter()
     rows: list[common.Contender] = []
     ratios = payload_pairs = callback_rows = idle = growth = None
+    proxy_rows: list[common.Contender] = []
     servers = common.Servers(node)
     try:
         if "square" in sections:
@@ -238,6 +242,10 @@ def main() -> int:
             callback_rows = callbacks.callback_contenders(servers)
             common.alternate(callback_rows, side_rounds, side_seconds, "callbacks")
             rows += callback_rows
+        if "proxy" in sections:
+            common.progress(f"reverse proxy: {opts.rounds} alternating rounds")
+            proxy_rows = proxied.run_proxied(servers, opts.rounds, seconds)
+            rows += proxy_rows
     finally:
         servers.stop()
     if "memory" in sections:
@@ -246,7 +254,7 @@ def main() -> int:
         growth = memory.calls_growth(growth_calls)
 
     rows += memory_rows(idle, growth)
-    table = common.contender_table(rows, group=True)
+    table = common.contender_table(rows, group=True, extra=proxied.extra_columns() if proxy_rows else None)
     print(f"kite for Python benchmark{' (--quick)' if quick else ''}: 127.0.0.1, "
           f"{time.perf_counter() - started:.0f} s total\n{common.machine_info(node)}; {pinning}\n"
           f"square: one run of {n_ws} calls per row ({n_xhr} for xhr-polling); side by side: medians of "
@@ -257,6 +265,9 @@ def main() -> int:
     print(table.render())
     print("\ntargets (ratios are per round, then median and min–max over the rounds)\n")
     print(summary(ratios, payload_pairs, callback_rows, idle, growth).render())
+    if proxy_rows:
+        print(f"\nreverse proxy (target: proxied ≥ {proxied.PROXY_TARGET:g}× direct calls/s at 16 in flight)\n")
+        print(proxied.summary(proxy_rows).render())
     failed = common.report_failures(rows)
     for p in idle.points if idle else ():
         if p.errors:

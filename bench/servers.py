@@ -1,6 +1,6 @@
 """The Python servers of the benchmarks, each run in a process of its own.
 
-    .venv/bin/python bench/servers.py kite|echo
+    .venv/bin/python bench/servers.py kite|echo|proxy
 
 Both listen on 127.0.0.1 on a free port, print ``READY <port>`` once listening,
 raise their open-files limit to the hard limit (for the idle-connection memory
@@ -23,6 +23,11 @@ test) and run until SIGTERM / SIGINT.
     * ``/kite/...``: a :class:`~kite.transport.sockjs.server.SockJSServer` whose sessions echo
       every message (SockJS websocket and raw ``/kite/websocket``) -- the session
       layer without dnode and kite.
+
+``proxy``
+    the reverse proxy kite (:class:`kite.proxy.reverse.ReverseProxy`) with throw-away test
+    keys and no Kontrol; prints ``READY <port> <kite key>``: a kite key it trusts, for the
+    benchmark to call its ``register`` with (see ``bench/proxied.py``).
 """
 
 from __future__ import annotations
@@ -130,8 +135,24 @@ def serve_echo() -> None:
     server.stop(timeout=1)
 
 
+def serve_proxy() -> None:
+    """The reverse proxy, trusting this process's test Kontrol key."""
+    from kite import testutil
+    from kite.proxy.reverse import ReverseProxy
+
+    proxy = ReverseProxy(testutil.new_config("proxy"))
+    proxy.register_self = False  # no Kontrol here: the benchmark registers the backend itself
+    g = gevent.spawn(proxy.run)
+    if not proxy.server_ready_notify().wait(10):
+        sys.exit("the bench proxy did not start")
+    print(f"READY {proxy.port} {testutil.new_kite_key('bench')}", flush=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, proxy.close)
+    g.join()
+
+
 def main() -> int:
-    kinds = {"kite": serve_kite, "echo": serve_echo}
+    kinds = {"kite": serve_kite, "echo": serve_echo, "proxy": serve_proxy}
     if len(sys.argv) != 2 or sys.argv[1] not in kinds:
         print(__doc__.split("\n\n")[1].strip(), file=sys.stderr)
         return 2
