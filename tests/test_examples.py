@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import gevent
@@ -35,7 +35,8 @@ from kite.kitekey import KiteKey
 from kite.transport.sockjs.sessions import WebSocketSession, XhrSession
 from kontrol import Kontrol
 from kontrol.storage import open_storage
-from tests.kontrol.conftest import free_port, start_kontrol, wait_until
+from tests.kontrol.conftest import free_port, start_kontrol
+from tests.processes import STOP_TIMEOUT, Proc
 from tests.test_gunicorn import (
     GUNICORN,
     STARTUP_TIMEOUT,
@@ -49,56 +50,14 @@ from tests.test_gunicorn import (
 ROOT = Path(__file__).resolve().parent.parent
 USER = "alice"
 ENVIRONMENT = "examples"
-#: Seconds an example may take to print what is waited for (a Python start-up is ~0.5 s).
-OUTPUT_TIMEOUT = 15.0
-#: Seconds a stopped example may take to exit.
-STOP_TIMEOUT = 10.0
 
 
-class Example:
+class Example(Proc):
     """``python -m <module> <args>`` from the project root; stdout and stderr collected line by line."""
 
     def __init__(self, module: str, *args: str, env: dict[str, str]) -> None:
+        super().__init__([sys.executable, "-m", module, *args], env)
         self.module = module
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = gevent.spawn(self._read)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def find(self, match: Callable[[str], bool]) -> str | None:
-        return next((line for line in self.lines if match(line)), None)
-
-    def wait_for(self, match: Callable[[str], bool], what: str, timeout: float = OUTPUT_TIMEOUT) -> str:
-        """The first output line ``match`` accepts, waiting up to ``timeout``; fails if the example exits first."""
-        wait_until(lambda: self.find(match) is not None or self._reader.dead, timeout,
-                   lambda: f"{self.module} never printed {what}; output:\n{self.output}")
-        line = self.find(match)
-        if line is None:
-            pytest.fail(f"{self.module} exited ({self.proc.wait()}) without printing {what}; output:\n{self.output}")
-        return line
-
-    def stop(self) -> int:
-        """SIGTERM (SIGKILL after :data:`STOP_TIMEOUT`); the exit status."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
-        self._reader.join(STOP_TIMEOUT)
-        return self.proc.returncode
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@
   (user ``koding``, environment ``prod``), registered with ``kontrol``; all closed afterwards.
 * ``kites``: a factory of kites of a user holding a kite key from ``kontrol`` (backends carry
   :func:`tests.proxy.methods.add_methods`' methods, callers an ``answer`` method); all closed.
-* :class:`Proc`: a subprocess whose output is collected line by line;
+* :class:`~tests.processes.Proc` (a subprocess whose output is collected line by line) for
   :func:`proxy_process` (``python -m kite.proxy.reverse``) and :func:`backend_process`
   (``python -m tests.proxy.backend_kite``) run with a ``$KITE_HOME`` of their own holding a
   kite.key from ``kontrol``. Every process is stopped in a ``finally``.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,16 +30,13 @@ from kite.proxy.reverse import ReverseProxy
 from kontrol import Kontrol
 from kontrol.storage import open_storage
 from tests.kontrol.conftest import free_port, make_kite, start_kontrol, wait_until
+from tests.processes import Proc
 from tests.proxy.methods import add_methods
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 USER = "alice"
 ENVIRONMENT = "prod"
 REGION = "eu"
-#: Seconds a subprocess may take to print what is waited for (a Python start-up is ~0.5 s).
-OUTPUT_TIMEOUT = 20.0
-#: Seconds a stopped subprocess may take to exit.
-STOP_TIMEOUT = 10.0
 #: Retry interval of the kites' proxy and Kontrol registration loops in the tests (Go: 10 s).
 RETRY = 0.2
 
@@ -154,66 +150,6 @@ def dial(caller: Kite, url: str, found: Client, transport: str = "websocket") ->
 
 
 # -- subprocesses ----------------------------------------------------------------------------
-
-
-class Proc:
-    """A subprocess from the project root, stdout and stderr collected line by line."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.args = args
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._reader = gevent.spawn(self._read)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def find(self, match: Callable[[str], bool], after: int = 0) -> str | None:
-        return next((line for line in self.lines[after:] if match(line)), None)
-
-    def wait_for(self, match: Callable[[str], bool], what: str, timeout: float = OUTPUT_TIMEOUT,
-                 after: int = 0) -> str:
-        """The first line (from line ``after`` on) ``match`` accepts; fails if the process exits first."""
-        wait_until(lambda: self.find(match, after) is not None or self._reader.dead, timeout,
-                   lambda: f"{self.args} never printed {what}; output:\n{self.output}")
-        line = self.find(match, after)
-        if line is None:
-            pytest.fail(f"{self.args} exited ({self.proc.wait()}) without printing {what}; output:\n{self.output}")
-        return line
-
-    def exit_code(self, timeout: float = STOP_TIMEOUT) -> int:
-        """Wait for the process to exit on its own; its exit status."""
-        rc = self.proc.wait(timeout)
-        self._reader.join(timeout)
-        return rc
-
-    def stop(self) -> int:
-        """SIGTERM (SIGKILL after :data:`STOP_TIMEOUT`); the exit status."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
-        self._reader.join(STOP_TIMEOUT)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would, and reap it."""
-        self.proc.kill()
-        self.proc.wait(STOP_TIMEOUT)
 
 
 def kite_home(tmp_path: Path, kontrol: Kontrol, username: str) -> Path:
