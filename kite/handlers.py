@@ -3,6 +3,12 @@
 All but ``kite.ping`` require authentication, whatever the kite's config says
 later (Go registers them with the default config). Interactive ones refuse
 clearly when the process has no terminal instead of hanging a server.
+
+``kite.tunnel`` is accepted only from a tunnel proxy this kite registered with
+(:meth:`~kite.Kite.register_to_tunnel`): anyone else could make the kite dial an
+address of their choosing. The connection it dials is served like an incoming one,
+so the calls that come through the tunnel are authenticated like direct calls
+(the Go kite serves them as a dialed connection and skips authentication).
 """
 
 from __future__ import annotations
@@ -12,18 +18,23 @@ import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import gevent
 
-from .errors import ArgumentError, GenericError, SendError
+from .errors import ArgumentError, AuthenticationError, GenericError, SendError
 from .method import HandlerFunc, Method
 from .systeminfo import system_info
+from .transport.sockjs.client import DialError, dial_sockjs_websocket
 
 if TYPE_CHECKING:
     from .kite import Kite
     from .request import Request
 
 log = logging.getLogger("kite.handlers")
+
+#: Seconds ``kite.tunnel`` may take to dial the tunnel proxy (which waits 4 s for the answer).
+TUNNEL_DIAL_TIMEOUT = 4.0
 
 
 def _ping(r: Request) -> str:
@@ -96,6 +107,25 @@ def _get_pass(r: Request) -> str:
     return getpass.getpass(text)
 
 
+def _tunnel(r: Request) -> None:
+    """``[{"url": "ws://<proxy>/tunnel/<server>/<session>/websocket?token=…"}]``: dial that URL
+    (a SockJS WebSocket) and serve it like an incoming session, in a greenlet of its own."""
+    kite = r.local_kite
+    if r.client not in kite._tunnel_proxies:
+        raise AuthenticationError("kite.tunnel: only a tunnel proxy this kite registered with may open tunnels")
+    options = r.args.one().must_map()
+    # Go unmarshals into a struct field URL, which matches the key case-insensitively.
+    url = next((v for k, v in options.items() if k.lower() == "url"), None)
+    if not isinstance(url, str) or urlsplit(url).scheme.lower() not in ("ws", "wss"):
+        raise ArgumentError('kite.tunnel: expected [{"url": "ws(s)://…"}]')
+    try:
+        session = dial_sockjs_websocket(url, timeout=TUNNEL_DIAL_TIMEOUT, verify=r.client.verify)
+    except DialError as exc:
+        raise GenericError(f"kite.tunnel: {exc}") from None
+    log.debug("serving a tunnel from %s", session.remote_addr)
+    gevent.spawn(kite._serve_session, session)
+
+
 BUILTINS = {
     "kite.ping": (_ping, False),
     "kite.systemInfo": (_system_info, True),
@@ -104,6 +134,7 @@ BUILTINS = {
     "kite.print": (_print, True),
     "kite.prompt": (_prompt, True),
     "kite.getPass": (_get_pass, True),
+    "kite.tunnel": (_tunnel, True),
 }
 
 

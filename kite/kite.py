@@ -89,6 +89,9 @@ class Kite(KontrolMethods):
         self.verifier = Verifier(self)
         self._other_users_methods: set[str] = set()
         self._dialed_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+        #: Connections to the tunnel proxies this kite registered with: the only peers whose
+        #: ``kite.tunnel`` it obeys (:mod:`kite.handlers`).
+        self._tunnel_proxies: weakref.WeakSet[Client] = weakref.WeakSet()
         self._methods: dict[str, Method] = {}
         self._pre_handlers: list[Handler] = []
         self._post_handlers: list[Handler] = []

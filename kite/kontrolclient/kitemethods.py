@@ -18,7 +18,7 @@ from kite.wire.protocol import RegisterResult
 
 from .client import KontrolClient
 from .keyrenewer import KeyRenewer
-from .proxyclient import ProxyRegistrar, reverse_plan
+from .proxyclient import ProxyRegistrar, reverse_plan, tunnel_plan
 from .registerurl import register_url as _register_url
 from .watch import Watcher
 
@@ -118,6 +118,21 @@ class KontrolMethods:
         :class:`~kite.kontrolclient.NoKontrolURLError` at once without a Kontrol URL.
         """
         ProxyRegistrar(self.kontrol, reverse_plan(self.kontrol, proxy_url, query, kite_url)).run()
+
+    def register_to_tunnel(self, query: Any = None) -> None:
+        """Register with Kontrol under the public URL of a tunnel proxy kite, for ever (Go's
+        ``RegisterToTunnel``, §8.5). Blocks until the kite closes: run it in a greenlet.
+
+        For a kite nobody can dial (behind a NAT or a firewall); it need not listen at all.
+        The proxy is ``config.proxy_url`` (``KITE_PROXY_URL``) or one of the ``getKites``
+        answers to ``query`` (default: Kontrol's user, this kite's environment, name
+        ``tunnelproxy``). It hands out ``http://<proxy>/proxy?kiteID=<id>``, which is kept
+        registered with Kontrol; for every caller of that URL the proxy calls ``kite.tunnel``
+        over this kite's connection and the kite dials back one WebSocket per caller, served
+        like an incoming connection (its calls are authenticated as usual). Reconnects and
+        retries as :meth:`register_to_proxy`.
+        """
+        ProxyRegistrar(self.kontrol, tunnel_plan(self.kontrol, query)).run()
 
     def register_url(self, local: bool = True) -> str:
         """The URL to register: ``http(s)://<ip>:<port>/kite`` with the bound port (§1.6).

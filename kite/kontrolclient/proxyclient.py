@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 from gevent.event import Event
@@ -62,11 +62,13 @@ class ProxyPlan:
     ``proxy_url``: dial this URL with the kite key (``KITE_PROXY_URL``), else the first
     of ``query``'s ``getKites`` answers in random order. ``own_url()`` is called once,
     when the loop starts: the URL the proxy forwards to (``""`` for a tunnel).
+    ``opens_tunnels``: the proxy may call ``kite.tunnel`` over its connection.
     """
 
     query: KontrolQuery
     proxy_url: str
     own_url: Callable[[], str]
+    opens_tunnels: bool = False
 
 
 def reverse_proxy_query(config: Config) -> KontrolQuery:
@@ -78,7 +80,7 @@ def tunnel_plan(kontrol: KontrolClient, query: Any = None) -> ProxyPlan:
     """The plan of Go's ``RegisterToTunnel`` (§8.5): the ``tunnelproxy`` kites, no own URL."""
     config = kontrol.kite.config
     default = KontrolQuery(username=config.kontrol_user, environment=config.environment, name=TUNNEL_PROXY_NAME)
-    return ProxyPlan(_query(query, default), config.proxy_url, lambda: "")
+    return ProxyPlan(_query(query, default), config.proxy_url, lambda: "", opens_tunnels=True)
 
 
 def reverse_plan(
@@ -103,6 +105,17 @@ def default_own_url(kontrol: KontrolClient) -> str:
     if kite.config.ip in _WILDCARD_IPS:
         return kite.register_url(local=True)
     return kite.url
+
+
+def sockjs_base_url(url: str) -> str:
+    """The URL to dial a proxy kite at: a ``ws(s)://…/kite`` URL (what Go's tunnel proxy
+    registers, §8.5) is a SockJS base URL to Go's 2018 client, so it becomes ``http(s)://…/kite``
+    (ours would dial a ``ws`` URL as a raw WebSocket); every other URL is kept."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("ws", "wss") and not parts.path.rstrip("/").endswith("/websocket"):
+        return urlunsplit(("https" if scheme == "wss" else "http", *parts[1:]))
+    return url
 
 
 def check_public_url(result: Any) -> str:
@@ -169,6 +182,8 @@ class ProxyRegistrar:
         self.proxy = proxy
         lost = Event()
         proxy.on_disconnect(lambda _client: lost.set())
+        if self.plan.opens_tunnels:
+            self.kontrol.kite._tunnel_proxies.add(proxy)
         proxy.dial()
         result = proxy.tell_with_timeout("register", PROXY_REGISTER_TIMEOUT, own_url)
         self.public_url = check_public_url(result)
@@ -180,14 +195,16 @@ class ProxyRegistrar:
         """An undialed client of the proxy to use: ``plan.proxy_url``, else one of ``getKites``."""
         kite = self.kontrol.kite
         if self.plan.proxy_url:
-            client = kite.new_client(self.plan.proxy_url)
+            client = kite.new_client(sockjs_base_url(self.plan.proxy_url))
             client.auth = Auth(KITE_KEY, kite.kite_key())  # Go does the same; trust that URL
             return client
         try:
             clients = self.kontrol.get_kites(self.plan.query)
         except Exception as exc:
             raise KontrolError(f"Cannot get Proxy kites from Kontrol: {exc}") from exc
-        return random.choice(clients)  # any proxy will do
+        client = random.choice(clients)  # any proxy will do
+        client.url = sockjs_base_url(client.url)
+        return client
 
     def _register_public_url(self) -> None:
         """Keep the public URL registered with Kontrol; a failure is retried in the background."""
@@ -200,6 +217,7 @@ class ProxyRegistrar:
     def _drop(self, proxy: Client | None) -> None:
         self.connected.clear()
         if proxy is not None:
+            self.kontrol.kite._tunnel_proxies.discard(proxy)
             proxy.close()
         if self.proxy is proxy:
             self.proxy = None

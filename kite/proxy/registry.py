@@ -1,7 +1,8 @@
-"""The reverse proxy's table: which backend kite answers for which kite id (PROTOCOL.md §8.4).
+"""A proxy's table: which backend kite answers for which kite id (PROTOCOL.md §8.4, §8.5).
 
-A kite registers with its own (private) URL over its connection to the proxy, under the
-kite id it sent with its calls; it is removed when that connection closes. Since the id
+A kite registers over its connection to the proxy, under the kite id it sent with its
+calls -- with its own (private) URL for the reverse proxy, with none for the tunnel proxy,
+which reaches it over that connection; it is removed when that connection closes. Since the id
 is only *claimed* (kites authenticate with their user's kite key or a token, which say
 nothing of the id), the table binds every id to the **user** that registered it:
 
@@ -54,8 +55,9 @@ _WS_SCHEME = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}
 
 @dataclass(eq=False)
 class Backend:
-    """One registered kite: its id and user, the URL it registered, where to forward to,
-    its connection to the proxy (``client``) and the WebSocket relays open to it."""
+    """One registered kite: its id and user, the URL it registered (``""`` behind a tunnel),
+    where to forward to, its connection to the proxy (``client``) and the relays (or
+    tunnels) open to it."""
 
     kite_id: str
     username: str
@@ -63,7 +65,7 @@ class Backend:
     client: Client
     ws_base: str
     http_base: str
-    #: Live :class:`~kite.proxy.relay.Relay` objects to this backend.
+    #: Live :class:`~kite.proxy.relay.Relay` (or :class:`~kite.proxy.tunnels.Tunnel`) objects to this backend.
     relays: set[Any] = field(default_factory=set)
 
     def __repr__(self) -> str:
@@ -122,12 +124,13 @@ class Registry:
     def add(self, kite_id: str, username: str, url: str, client: Client) -> tuple[Backend, Backend | None]:
         """Register ``url`` under ``kite_id`` for ``username``; returns the entry and the one it replaced.
 
+        ``url`` ``""``: a kite reached over ``client`` itself (a tunnel), nothing to forward to.
         Raises :class:`~kite.errors.ArgumentError` for a bad id or URL and
         :class:`~kite.proxy.errors.KiteIdTakenError` when another user holds the id.
         """
         if not KITE_ID.match(kite_id):
             raise ArgumentError(f"invalid kite id {kite_id!r}: expected letters, digits, '.', '_', '~', '-'")
-        ws_base, http_base = backend_bases(url)
+        ws_base, http_base = backend_bases(url) if url else ("", "")
         holder = self._backends.get(kite_id)
         if holder is not None and holder.username != username:
             raise KiteIdTakenError(f"kite id {kite_id} is registered by another user")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import gevent
 
@@ -59,6 +59,21 @@ def _relayed_close(ws: WebSocket, from_backend: bool) -> tuple[int, str]:
             return CLOSE_BAD_GATEWAY, "backend went away"
         return CLOSE_GOING_AWAY, "caller went away"
     return code, ws.close_reason
+
+
+class Pipe(Protocol):
+    """What :class:`Relays` runs and watches: a :class:`Relay`, or a tunnel
+    (:class:`~kite.proxy.tunnels.Tunnel`)."""
+
+    #: Messages carried so far, both directions (the idle check watches it move).
+    messages: int
+    backend: Backend
+
+    def run(self) -> None:
+        """Carry messages until both sides are closed (blocking)."""
+
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "", why: str = "") -> None:
+        """Close both sides (idempotent)."""
 
 
 class Relay:
@@ -128,21 +143,21 @@ class Relay:
 
 
 class Relays:
-    """Every live relay of a proxy, and the idle check over them."""
+    """Every live relay (or tunnel) of a proxy, and the idle check over them."""
 
     def __init__(self, idle_timeout: float = IDLE_TIMEOUT):
         #: Seconds without a message after which a relay is closed; 0 or less: never.
         self.idle_timeout = idle_timeout
-        self._live: dict[Relay, tuple[int, float]] = {}  # relay -> (messages seen, when they last moved)
+        self._live: dict[Pipe, tuple[int, float]] = {}  # relay -> (messages seen, when they last moved)
         self._checker: gevent.Greenlet[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._live)
 
-    def __iter__(self) -> Iterator[Relay]:
+    def __iter__(self) -> Iterator[Pipe]:
         return iter(list(self._live))
 
-    def run(self, relay: Relay) -> None:
+    def run(self, relay: Pipe) -> None:
         """Run ``relay`` (blocking) while it counts as live."""
         self._live[relay] = (0, time.monotonic())
         relay.backend.relays.add(relay)
@@ -169,8 +184,7 @@ class Relays:
             if relay.messages != seen:
                 self._live[relay] = (relay.messages, now)
             elif now - since >= self.idle_timeout:
-                log.info("websocket %s -> kite %s idle for %.0f s", relay.caller.remote_addr,
-                         relay.backend.kite_id, now - since)
+                log.info("%r idle for %.0f s", relay, now - since)
                 relay.close(CLOSE_GOING_AWAY, "idle timeout", "idle timeout")
 
     def close(self, code: int = CLOSE_GOING_AWAY, reason: str = "proxy shutting down") -> None:

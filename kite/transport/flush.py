@@ -45,6 +45,10 @@ class HubFlush:
         self._loop = gevent.get_hub().loop
         self._ws.before_read = self._flush_before_read
 
+    def backlog(self) -> int:
+        """Characters queued and not yet written: messages, and bytes a direct write left over."""
+        return sum(map(len, self._pending)) + len(self._tail)
+
     def _frame(self, messages: list[str]) -> bytes:
         """The bytes that carry ``messages``: one SockJS frame, or raw, one WebSocket frame each."""
         if self._sockjs:

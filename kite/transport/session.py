@@ -27,6 +27,8 @@ class Session(abc.ABC):
 
     #: ``"host:port"`` of the peer, for logs (best effort).
     remote_addr: str = ""
+    #: The query string of the request that opened the session (served sessions; ``""`` otherwise).
+    query: str = ""
 
     @abc.abstractmethod
     def send(self, message: str) -> None:
@@ -49,3 +51,8 @@ class Session(abc.ABC):
     @abc.abstractmethod
     def closed(self) -> bool:
         """True once the session has ended, from either side."""
+
+    def backlog(self) -> int:
+        """Characters of messages queued by :meth:`send` and not yet handed to the transport:
+        what a relay checks before it reads more for this peer (back-pressure)."""
+        return 0

@@ -25,11 +25,12 @@ as one client payload ``["m1","m2"]`` (or, raw, in one socket write).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import secrets
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
@@ -41,7 +42,7 @@ from .dialsessions import DialError, DialTimeoutError, WebSocketClientSession, X
 
 log = logging.getLogger("kite.sockjs")
 
-__all__ = ["DialError", "DialTimeoutError", "dial", "tls_context"]
+__all__ = ["DialError", "DialTimeoutError", "dial", "dial_sockjs_websocket", "tls_context"]
 
 _TRANSPORTS = {
     "websocket": "websocket",
@@ -136,7 +137,7 @@ def dial(
         raise ValueError(f"unknown transport {transport!r}; use one of {sorted(_TRANSPORTS)}") from None
     extra = dict(headers or {})
     scheme = urlsplit(url).scheme.lower()
-    try:
+    with _dial_errors(url, transport):
         if scheme in ("ws", "wss"):
             return _dial_websocket(url, False, timeout, extra, verify)
         if scheme not in ("http", "https"):
@@ -152,6 +153,33 @@ def dial(
                 log.info("WebSocket to %s refused (HTTP %s); falling back to XHR polling", url, exc.status_code)
             kind = "xhr_polling"
         return _dial_xhr(url, kind == "xhr_streaming", timeout, extra, verify)
+
+
+def dial_sockjs_websocket(ws_url: str, timeout: float | None = None, verify: bool | str = True) -> Session:
+    """A SockJS-framed WebSocket dialed at exactly ``ws_url``
+    (``ws(s)://host/prefix/{server}/{session}/websocket[?query]``, nothing appended), with
+    ``Origin: http(s)://<host>``: what ``kite.tunnel`` dials for a tunnel proxy (PROTOCOL.md §8.5).
+
+    Raises :class:`DialError` as :func:`dial` does; the URL in its message stops before the
+    query string, which may carry a credential.
+    """
+    parts = urlsplit(ws_url)
+    scheme = parts.scheme.lower()
+    shown = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    with _dial_errors(shown, "websocket"):
+        if scheme not in ("ws", "wss"):
+            raise DialError(f"invalid scheme in url {shown!r}: expected ws or wss", shown)
+        origin = f"{'https' if scheme == 'wss' else 'http'}://{parts.netloc}"
+        context = tls_context(verify) if scheme == "wss" and verify is not True else None
+        ws = wsclient.connect(ws_url, headers={"Origin": origin}, timeout=timeout, ssl_context=context)
+        return WebSocketClientSession(ws, sockjs=True)
+
+
+@contextlib.contextmanager
+def _dial_errors(url: str, transport: str) -> Iterator[None]:
+    """Turn what dialing ``url`` raises into :class:`DialError` / :class:`DialTimeoutError`."""
+    try:
+        yield
     except DialError:
         raise
     except TimeoutError as exc:

@@ -109,6 +109,9 @@ class ClientSession(Session):
     def closed(self) -> bool:
         return self._closed
 
+    def backlog(self) -> int:
+        return sum(map(len, self._pending))
+
     def _write_loop(self) -> None:
         try:
             while True:

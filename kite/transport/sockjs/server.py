@@ -236,6 +236,7 @@ class SockJSServer:
         session = WebSocketSession(
             ws, sockjs=sockjs, heartbeat_interval=self.heartbeat_interval, session_id=session_id
         )
+        session.query = environ.get("QUERY_STRING", "")
         self._websocket_sessions.add(session)
         try:
             session.start()
@@ -251,6 +252,7 @@ class SockJSServer:
         session = self._sessions.get(session_id)
         if session is None:
             session = XhrSession(self, session_id, _remote_addr(environ))
+            session.query = environ.get("QUERY_STRING", "")
             self._sessions[session_id] = session
             gevent.spawn(self._run_session, session)
         return session

@@ -78,6 +78,9 @@ class ServerSession(Session):
     def closed(self) -> bool:
         return self._closed
 
+    def backlog(self) -> int:
+        return sum(map(len, self._pending))
+
     def _take_frame(self) -> str | None:
         if not self._pending:
             return None
