@@ -14,7 +14,7 @@ Sections (each also runs alone: ``bench/<module>.py``):
   flight; the SockJS session echo; python ⇄ python and session echo with 16 in flight.
 * ``payload`` (payload.py): 100 B / 10 KB / 1 MB results next to their ceiling.
 * ``callbacks`` (callbacks.py): a method calling a passed function once per call.
-* ``proxy`` (proxied.py): ``square`` through the reverse proxy next to the direct call,
+* ``proxy`` (proxied.py): ``square`` through the reverse and the tunnel proxy next to the direct call,
   1 and 16 in flight, in ``--rounds`` alternating rounds.
 * ``memory`` (memory.py): server RSS per idle connection at 1k and 10k connections,
   and over 1M calls (``--growth-calls N`` for fewer).
@@ -243,7 +243,7 @@ def main() -> int:
             common.alternate(callback_rows, side_rounds, side_seconds, "callbacks")
             rows += callback_rows
         if "proxy" in sections:
-            common.progress(f"reverse proxy: {opts.rounds} alternating rounds")
+            common.progress(f"reverse and tunnel proxy: {opts.rounds} alternating rounds")
             proxy_rows = proxied.run_proxied(servers, opts.rounds, seconds)
             rows += proxy_rows
     finally:
@@ -266,7 +266,7 @@ def main() -> int:
     print("\ntargets (ratios are per round, then median and min–max over the rounds)\n")
     print(summary(ratios, payload_pairs, callback_rows, idle, growth).render())
     if proxy_rows:
-        print(f"\nreverse proxy (target: proxied ≥ {proxied.PROXY_TARGET:g}× direct calls/s at 16 in flight)\n")
+        print(f"\nproxies (target: proxied ≥ {proxied.PROXY_TARGET:g}× direct calls/s at 16 in flight)\n")
         print(proxied.summary(proxy_rows).render())
     failed = common.report_failures(rows)
     for p in idle.points if idle else ():

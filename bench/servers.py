@@ -1,6 +1,7 @@
 """The Python servers of the benchmarks, each run in a process of its own.
 
-    .venv/bin/python bench/servers.py kite|echo|proxy
+    .venv/bin/python bench/servers.py kite|echo|proxy|tunnelproxy
+    .venv/bin/python bench/servers.py tunnelled <tunnel proxy port> <kite key>
 
 Both listen on 127.0.0.1 on a free port, print ``READY <port>`` once listening,
 raise their open-files limit to the hard limit (for the idle-connection memory
@@ -28,6 +29,14 @@ test) and run until SIGTERM / SIGINT.
     the reverse proxy kite (:class:`kite.proxy.reverse.ReverseProxy`) with throw-away test
     keys and no Kontrol; prints ``READY <port> <kite key>``: a kite key it trusts, for the
     benchmark to call its ``register`` with (see ``bench/proxied.py``).
+
+``tunnelproxy``
+    the same for the tunnel proxy (:class:`kite.proxy.tunnel.TunnelProxy`).
+
+``tunnelled``
+    the ``kite`` above without a port of its own, registered (with the kite key given) with
+    the tunnel proxy on the port given, as ``register_to_tunnel`` would minus Kontrol;
+    prints ``READY <public URL>``.
 """
 
 from __future__ import annotations
@@ -47,8 +56,8 @@ import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 
-def serve_kite() -> None:
-    """The bench kite (square, blob, callback)."""
+def bench_kite() -> Any:
+    """The bench kite (square, blob, callback), authentication off, on 127.0.0.1:0."""
     from kite import Kite
 
     k = Kite("math", "1.0.0")
@@ -63,6 +72,12 @@ def serve_kite() -> None:
         return "done"
 
     k.handle_func("callback", callback)
+    return k
+
+
+def serve_kite() -> None:
+    """The bench kite, listening."""
+    k = bench_kite()
     g = gevent.spawn(k.run)
     if not k.server_ready_notify().wait(10):
         sys.exit("the bench kite did not start")
@@ -135,16 +150,36 @@ def serve_echo() -> None:
     server.stop(timeout=1)
 
 
-def serve_proxy() -> None:
-    """The reverse proxy, trusting this process's test Kontrol key."""
+def serve_tunnelled(port: str, kite_key: str) -> None:
+    """The bench kite behind the tunnel proxy on ``port``: no listening, one registration, no Kontrol."""
+    from kite.kontrolclient.proxyclient import ProxyRegistrar, tunnel_plan
+
+    k = bench_kite()
+    k.config.kite_key = kite_key
+    k.config.proxy_url = f"http://{common.HOST}:{port}/kite"
+    registrar = ProxyRegistrar(k.kontrol, tunnel_plan(k.kontrol))
+    _proxy, lost = registrar.register_with_proxy("")
+    print(f"READY {registrar.public_url}", flush=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, lost.set)
+    lost.wait()
+    k.close()
+
+
+def serve_proxy(kind: str = "proxy") -> None:
+    """The reverse (or tunnel) proxy, trusting this process's test Kontrol key."""
     from kite import testutil
     from kite.proxy.reverse import ReverseProxy
+    from kite.proxy.tunnel import TunnelProxy
 
-    proxy = ReverseProxy(testutil.new_config("proxy"))
+    config = testutil.new_config("proxy")
+    proxy = TunnelProxy(config) if kind == "tunnelproxy" else ReverseProxy(config)
     proxy.register_self = False  # no Kontrol here: the benchmark registers the backend itself
     g = gevent.spawn(proxy.run)
     if not proxy.server_ready_notify().wait(10):
         sys.exit("the bench proxy did not start")
+    if isinstance(proxy, TunnelProxy):
+        proxy.public_host = f"{common.HOST}:{proxy.port}"  # known now; nothing registered yet
     print(f"READY {proxy.port} {testutil.new_kite_key('bench')}", flush=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, proxy.close)
@@ -152,11 +187,15 @@ def serve_proxy() -> None:
 
 
 def main() -> int:
-    kinds = {"kite": serve_kite, "echo": serve_echo, "proxy": serve_proxy}
+    kinds = {"kite": serve_kite, "echo": serve_echo, "proxy": serve_proxy,
+             "tunnelproxy": lambda: serve_proxy("tunnelproxy")}
+    common.raise_fd_limit()
+    if len(sys.argv) == 4 and sys.argv[1] == "tunnelled":
+        serve_tunnelled(sys.argv[2], sys.argv[3])
+        return 0
     if len(sys.argv) != 2 or sys.argv[1] not in kinds:
         print(__doc__.split("\n\n")[1].strip(), file=sys.stderr)
         return 2
-    common.raise_fd_limit()
     kinds[sys.argv[1]]()
     return 0
 

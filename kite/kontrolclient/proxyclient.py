@@ -163,7 +163,7 @@ class ProxyRegistrar:
         own_url = self.plan.own_url()
         while True:
             try:
-                proxy, lost = self._register_with_proxy(own_url)
+                proxy, lost = self.register_with_proxy(own_url)
             except Exception as exc:
                 self._log_failure(exc)
                 self._drop(self.proxy)
@@ -176,8 +176,10 @@ class ProxyRegistrar:
             finally:
                 self._drop(proxy)
 
-    def _register_with_proxy(self, own_url: str) -> tuple[Client, Event]:
-        """Find and dial a proxy, call its ``register``; returns it and an event set when it drops."""
+    def register_with_proxy(self, own_url: str) -> tuple[Client, Event]:
+        """One step of the loop, without Kontrol: find and dial a proxy, call its ``register``
+        with ``own_url``; returns the proxy's connection and an event set when it drops.
+        :attr:`public_url` is then the URL the proxy handed out."""
         proxy = self._find()
         self.proxy = proxy
         lost = Event()

@@ -7,7 +7,7 @@ kite id up in the :class:`~kite.proxy.registry.Registry` and forwards ``<rest>``
 * WebSocket upgrades (SockJS ``/<server>/<session>/websocket`` and raw ``/websocket``) become
   a :class:`~kite.proxy.relay.Relay` to ``ws://<backend>/kite/...``. The backend is dialed
   **before** the caller's upgrade is accepted (:class:`ForwardingHandler` calls
-  :meth:`Forwarder.before_upgrade`), so a caller of an unknown or dead kite gets an HTTP
+  :meth:`Forwarder.before_upgrade`, the proxy's ``upgrade_gate``), so a caller of an unknown or dead kite gets an HTTP
   error (404, 502) instead of a WebSocket that closes at once;
 * every other request goes through the :class:`~kite.proxy.httpforward.HttpForwarder`.
 
@@ -22,7 +22,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from gevent.pywsgi import WSGIHandler
@@ -193,26 +193,38 @@ class Forwarder:
         return self.http.forward(environ, start_response, route.backend.http_base + route.rest, route.who(environ))
 
 
-class ForwardingHandler(KiteWebSocketHandler):
-    """The WSGI handler of the reverse proxy: dials the backend of a ``/proxy/`` WebSocket
-    before accepting the caller's upgrade (see :meth:`Forwarder.before_upgrade`).
+class UpgradeGate(Protocol):
+    """What :class:`ForwardingHandler` asks before it accepts a ``/proxy/`` WebSocket upgrade."""
 
-    The application must have a ``forwarder`` attribute (:class:`Forwarder`); other
-    requests are handled as by :class:`~kite.transport.wsgi.KiteWebSocketHandler`.
+    def before_upgrade(self, environ: dict[str, Any]) -> bool:
+        """``True`` to accept the upgrade; ``False`` to answer with plain HTTP instead."""
+
+    def after_request(self, environ: dict[str, Any]) -> None:
+        """The request is over (release what :meth:`before_upgrade` prepared)."""
+
+
+class ForwardingHandler(KiteWebSocketHandler):
+    """The WSGI handler of the proxies: asks the application's ``upgrade_gate``
+    (:class:`UpgradeGate`; the reverse proxy's :class:`Forwarder` dials the backend there)
+    before accepting the upgrade of a ``/proxy/`` WebSocket, so a caller of an unknown or
+    unreachable kite gets an HTTP error instead of a WebSocket that closes at once.
+
+    Other requests, and applications without a gate, are handled as by
+    :class:`~kite.transport.wsgi.KiteWebSocketHandler`.
     """
 
     def run_application(self) -> None:
         environ = self.environ
         assert environ is not None  # set by the handler before it runs the application
-        forwarder: Forwarder | None = getattr(self.application, "forwarder", None)
+        gate: UpgradeGate | None = getattr(self.application, "upgrade_gate", None)
         proxied = environ.get("PATH_INFO", "").startswith(PROXY_PREFIX + "/")
-        if forwarder is None or not proxied or not _is_upgrade(environ):
+        if gate is None or not proxied or not _is_upgrade(environ):
             super().run_application()
             return
-        if not forwarder.before_upgrade(environ):
+        if not gate.before_upgrade(environ):
             WSGIHandler.run_application(self)  # a plain HTTP answer: no upgrade
             return
         try:
             super().run_application()
         finally:
-            forwarder.after_request(environ)
+            gate.after_request(environ)

@@ -78,6 +78,8 @@ class ReverseProxy(ProxyKite):
         self.http = HttpForwarder()
         self.forwarder = Forwarder(self.registry, self.relays, self.http,
                                    max_message_size=self.config.max_message_size)
+        #: Asked by the server's :class:`~kite.proxy.forward.ForwardingHandler` before a WebSocket upgrade.
+        self.upgrade_gate = self.forwarder
 
     # -- URLs ----------------------------------------------------------------------------
 

@@ -55,8 +55,10 @@ from kite.errors import AuthenticationError, KiteError  # noqa: E402
 from kite.request import Request  # noqa: E402
 from kite.transport.session import Session  # noqa: E402
 from kite.transport.sockjs.server import SockJSServer  # noqa: E402
+from kite.transport.wsgi import make_server  # noqa: E402
 
 from .base import ProxyKite, add_common_flags, check_common_flags, proxy_config, run_command  # noqa: E402
+from .forward import ForwardingHandler  # noqa: E402
 from .httpforward import error  # noqa: E402
 from .relay import IDLE_TIMEOUT, Relays  # noqa: E402
 from .tunnels import MAX_BACKLOG, Tunnel  # noqa: E402
@@ -64,6 +66,7 @@ from .tunneltoken import TunnelTokens  # noqa: E402
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
+    from gevent.pywsgi import WSGIServer
 
 NAME = "tunnelproxy"
 #: The binary's default version (Go's ``-version`` flag); the library's ``ProxyVersion`` is 0.0.2.
@@ -129,6 +132,8 @@ class TunnelProxy(ProxyKite):
         self.tunnel_side = self._sockjs_server(TUNNEL_PREFIX, self._serve_tunnel)
         self._waiting: dict[int, Tunnel] = {}  # tunnels whose kite has not dialed back yet, by seq
         self._seq = itertools.count(1)
+        #: Asked by the server's :class:`~kite.proxy.forward.ForwardingHandler` before a WebSocket upgrade.
+        self.upgrade_gate = self
 
     def _sockjs_server(self, prefix: str, on_session: Callable[[Session], None]) -> SockJSServer:
         c = self.config
@@ -218,6 +223,14 @@ class TunnelProxy(ProxyKite):
 
     # -- serving -------------------------------------------------------------------------
 
+    def before_upgrade(self, environ: dict[str, Any]) -> bool:
+        """A caller's WebSocket is accepted only for a registered kite (else :meth:`__call__` answers 404)."""
+        route_go_xhr(environ)
+        return self.registry.get(kite_id_of(environ.get("QUERY_STRING", ""))) is not None
+
+    def after_request(self, environ: dict[str, Any]) -> None:
+        pass
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """WSGI: ``/proxy`` (callers), ``/tunnel`` (kites dialing back), the rest is the kite's own."""
         path = environ.get("PATH_INFO", "")
@@ -231,6 +244,10 @@ class TunnelProxy(ProxyKite):
         if path.startswith(TUNNEL_PREFIX + "/"):
             return self.tunnel_side(environ, start_response)
         return super().__call__(environ, start_response)
+
+    def _make_server(self) -> WSGIServer:
+        return make_server(self, self.config.ip, self.config.port, ssl_context=self._ssl_context,
+                           handler_class=ForwardingHandler)
 
     def close(self) -> None:
         """Close the tunnels and every session, stop serving and registering."""

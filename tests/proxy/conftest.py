@@ -1,15 +1,16 @@
-"""Fixtures for the reverse proxy tests: a real Kontrol, proxies and kites on 127.0.0.1.
+"""Fixtures for the proxy tests: a real Kontrol, proxies and kites on 127.0.0.1.
 
 * ``kontrol``: Kontrol of user ``koding`` on memory storage, in this process
   (:func:`tests.kontrol.conftest.start_kontrol`).
 * ``proxies``: a factory of in-process :class:`~kite.proxy.reverse.ReverseProxy` kites
   (user ``koding``, environment ``prod``), registered with ``kontrol``; all closed afterwards.
+  ``tunnel_proxies`` does the same for :class:`~kite.proxy.tunnel.TunnelProxy` kites.
 * ``kites``: a factory of kites of a user holding a kite key from ``kontrol`` (backends carry
   :func:`tests.proxy.methods.add_methods`' methods, callers an ``answer`` method); all closed.
 * :class:`~tests.processes.Proc` (a subprocess whose output is collected line by line) for
-  :func:`proxy_process` (``python -m kite.proxy.reverse``) and :func:`backend_process`
-  (``python -m tests.proxy.backend_kite``) run with a ``$KITE_HOME`` of their own holding a
-  kite.key from ``kontrol``. Every process is stopped in a ``finally``.
+  :func:`proxy_process` (``python -m kite.proxy.reverse``), :func:`tunnel_process`
+  (``python -m kite.proxy.tunnel``) and :func:`backend_process` (``python -m tests.proxy.backend_kite``)
+  run with a ``$KITE_HOME`` of their own holding a kite.key from ``kontrol``. Every process is stopped in a ``finally``.
 
 Every wait is on a condition with a timeout (:func:`tests.kontrol.conftest.wait_until`).
 """
@@ -27,6 +28,7 @@ import pytest
 
 from kite import Client, Config, Kite, KiteError, kitekey
 from kite.proxy.reverse import ReverseProxy
+from kite.proxy.tunnel import TunnelProxy
 from kontrol import Kontrol
 from kontrol.storage import open_storage
 from tests.kontrol.conftest import free_port, make_kite, start_kontrol, wait_until
@@ -91,6 +93,37 @@ def proxy(proxies) -> ReverseProxy:
     return proxies()
 
 
+def start_tunnel_proxy(kontrol: Kontrol, port: int = 0, **options) -> TunnelProxy:
+    """A tunnel proxy of Kontrol's own user on 127.0.0.1:``port`` (0: a free one), serving in a greenlet."""
+    config = kite_config(kontrol, kontrol.username)
+    config.port = port or free_port()
+    proxy = TunnelProxy(config, public_host=f"127.0.0.1:{config.port}", **options)
+    proxy.kontrol.retry_interval = RETRY
+    gevent.spawn(proxy.run)
+    assert proxy.server_ready_notify().wait(5)
+    return proxy
+
+
+@pytest.fixture
+def tunnel_proxies(kontrol: Kontrol) -> Iterator[Callable[..., TunnelProxy]]:
+    made: list[TunnelProxy] = []
+
+    def make(port: int = 0, **options) -> TunnelProxy:
+        made.append(start_tunnel_proxy(kontrol, port, **options))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for p in made:
+            p.close()
+
+
+@pytest.fixture
+def tunnel_proxy(tunnel_proxies) -> TunnelProxy:
+    return tunnel_proxies()
+
+
 @pytest.fixture
 def kites(kontrol: Kontrol) -> Iterator[Callable[..., Kite]]:
     """``kites(username="alice", name="math", serve=True)``: a backend (served) or a caller (``serve=False``)."""
@@ -149,6 +182,13 @@ def dial(caller: Kite, url: str, found: Client, transport: str = "websocket") ->
     return client
 
 
+def raw_websocket_url(url: str) -> str:
+    """The raw WebSocket URL of a public URL: ``ws://…/proxy/<id>/websocket`` (reverse proxy) or
+    ``ws://…/proxy/websocket?kiteID=<id>`` (tunnel proxy: the query stays after the path)."""
+    base, sep, query = url.partition("?")
+    return base.replace("http://", "ws://", 1).rstrip("/") + "/websocket" + sep + query
+
+
 # -- subprocesses ----------------------------------------------------------------------------
 
 
@@ -182,11 +222,30 @@ def proxy_process(tmp_path: Path, kontrol: Kontrol, port: int | None = None, *ar
 
 
 @contextlib.contextmanager
-def backend_process(tmp_path: Path, kontrol: Kontrol, **extra_env: str) -> Iterator[tuple[Proc, str]]:
-    """``python -m tests.proxy.backend_kite`` of ``alice``; yields it and its kite id once it serves."""
+def tunnel_process(tmp_path: Path, kontrol: Kontrol, port: int | None = None, *args: str,
+                   wait: bool = True) -> Iterator[tuple[Proc, int]]:
+    """``python -m kite.proxy.tunnel`` on 127.0.0.1:``port`` (default: a free one), public host
+    ``127.0.0.1:<port>``; yields it and the port once Kontrol registered it (unless ``wait`` is false)."""
+    port = port or free_port()
+    env = process_env(kite_home(tmp_path, kontrol, kontrol.username), KITE_ENVIRONMENT=ENVIRONMENT,
+                      KITE_REGION=REGION)
+    proc = Proc([sys.executable, "-m", "kite.proxy.tunnel", "--ip", "127.0.0.1", "--port", str(port),
+                 "--public-host", f"127.0.0.1:{port}", *args], env)
+    try:
+        if wait:
+            proc.wait_for(lambda line: "Registered to kontrol with URL" in line, "its registration")
+        yield proc, port
+    finally:
+        proc.stop()
+
+
+@contextlib.contextmanager
+def backend_process(tmp_path: Path, kontrol: Kontrol, *args: str, **extra_env: str) -> Iterator[tuple[Proc, str]]:
+    """``python -m tests.proxy.backend_kite`` of ``alice`` (``args``: e.g. ``--tunnel``); yields it and its
+    kite id once it serves."""
     env = process_env(kite_home(tmp_path, kontrol, USER), KITE_ENVIRONMENT=ENVIRONMENT, KITE_REGION=REGION,
                       KITE_IP="127.0.0.1", KITE_PORT="0", **extra_env)
-    proc = Proc([sys.executable, "-m", "tests.proxy.backend_kite", "--retry", str(RETRY)], env)
+    proc = Proc([sys.executable, "-m", "tests.proxy.backend_kite", "--retry", str(RETRY), *args], env)
     try:
         ready = proc.wait_for(lambda line: line.startswith("READY "), "READY")
         yield proc, ready.split()[1]
