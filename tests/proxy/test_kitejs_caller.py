@@ -1,5 +1,6 @@
 """kite.js (npm kite.js@1.0.13, ``tests/interop/kitejs/client.js``) calling a Python kite through the
-reverse proxy, over every transport kite.js offers, with the Kontrol token ``getKites`` returned.
+reverse proxy and through the tunnel proxy, over every transport kite.js offers, with the Kontrol
+token ``getKites`` returned.
 
 The node harness is the interop tests' (:func:`tests.interop.conftest.run_kitejs_client`): a
 missing node or kite.js FAILS these tests, as it does the interop ones.
@@ -11,32 +12,37 @@ import gevent
 import pytest
 
 from tests.interop.conftest import run_kitejs_client
-from tests.proxy.conftest import find_through
+from tests.proxy.methods import add_methods
+from tests.proxy.conftest import find_through, raw_websocket_url
 
-# name -> (URL suffix under the public URL, extra client.js arguments)
+# name -> (raw WebSocket or SockJS, extra client.js arguments)
 TRANSPORTS = {
-    "sockjs-websocket": ("", ["--sockjs-transports", "websocket"]),
-    "sockjs-xhr-streaming": ("", ["--sockjs-transports", "xhr-streaming"]),
-    "sockjs-xhr-polling": ("", ["--sockjs-transports", "xhr-polling"]),
-    "sockjs-eventsource": ("", ["--sockjs-transports", "eventsource"]),
-    "raw-websocket": ("/websocket", []),
+    "sockjs-websocket": (False, ["--sockjs-transports", "websocket"]),
+    "sockjs-xhr-streaming": (False, ["--sockjs-transports", "xhr-streaming"]),
+    "sockjs-xhr-polling": (False, ["--sockjs-transports", "xhr-polling"]),
+    "sockjs-eventsource": (False, ["--sockjs-transports", "eventsource"]),
+    "raw-websocket": (True, []),
 }
 
 
-@pytest.fixture
-def found(proxy, kites):
-    backend = kites()
-    registrar = gevent.spawn(backend.register_to_proxy)
+@pytest.fixture(params=["reverse", "tunnel"])
+def found(request, kites):
+    if request.param == "reverse":
+        proxy = request.getfixturevalue("proxy")
+        backend, register, prefix = kites(), "register_to_proxy", proxy.public_base + "/proxy/"
+    else:
+        proxy = request.getfixturevalue("tunnel_proxy")
+        backend, register, prefix = kites(serve=False), "register_to_tunnel", f"{proxy.url[:-5]}/proxy?kiteID="
+        add_methods(backend)
+    registrar = gevent.spawn(getattr(backend, register))
     caller = kites("bob", "caller", serve=False)
-    yield find_through(caller, proxy.public_base + "/proxy/")
+    yield find_through(caller, prefix)
     registrar.kill()
 
 
 def kitejs(found, transport: str, method: str, args: str, *extra: str):
-    suffix, transport_args = TRANSPORTS[transport]
-    url = found.url + suffix
-    if suffix:
-        url = url.replace("http://", "ws://", 1)
+    raw, transport_args = TRANSPORTS[transport]
+    url = raw_websocket_url(found.url) if raw else found.url
     auth = ["--auth-type", "token", "--auth-key", found.auth.key]
     rc, out, err = run_kitejs_client(url, method, args, *transport_args, *auth, *extra, timeout=8.0)
     return rc, out, f"client.js {transport} {method} {args}: rc={rc} out={out!r}\nstderr:\n{err}"
