@@ -302,7 +302,8 @@ def test_websocket_heartbeat_replaces_http_heartbeat(kontrol, new_kite):
 
 
 def test_get_kites_returns_undialed_token_clients(kontrol, new_kite, math):
-    """Checklist 31: undialed clients that call the target with Kontrol tokens, renewed by id."""
+    """Checklist 31: undialed clients that call the target with Kontrol tokens, renewed with the target's
+    whole identity (Go renews by id alone, which the Go Kontrol on etcd cannot answer: koding/kite#224)."""
     caller = new_kite("caller", kontrol.url, username="bob")
     [c] = caller.get_kites(username="alice", environment="prod", name="math")
 
@@ -326,10 +327,9 @@ def test_get_kites_returns_undialed_token_clients(kontrol, new_kite, math):
         fresh = c.token_renewer.renew()
         assert fresh != stale and c.auth == Auth("token", fresh)
         query, force = kontrol.token_queries[-1]
-        assert query == {"username": "", "environment": "", "name": "", "version": "", "region": "",
-                         "hostname": "", "id": math.id}
+        assert query == math.kite().to_wire() and all(query.values())
         assert force is None
-        assert auth.decode_jwt(fresh).claims["aud"] == "/"
+        assert auth.decode_jwt(fresh).claims["aud"] == "/alice/prod/math"
         assert c.tell("square", 4) == 16
     finally:
         c.close()

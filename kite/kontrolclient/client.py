@@ -355,8 +355,13 @@ class KontrolClient:
         return client
 
     def _renewed_token(self, client: Client) -> str:
-        """The token source of ``get_kites`` clients: ``getToken`` with an id-only query (§5.6)."""
-        return self.get_token(KontrolQuery(id=client.kite.id))
+        """The token source of ``get_kites`` clients: ``getToken`` with the target's whole identity.
+
+        Go's renewer asks by id alone (§5.6), which the Go Kontrol on etcd cannot answer (it
+        reads the stored value as a key path: ``100: Key not found``, koding/kite#224); every
+        Kontrol answers the full query, and its token's audience is the kite's
+        ``/username/environment/name`` rather than the root ``/``."""
+        return self.get_token(KontrolQuery.from_any(client.kite))
 
     def dial_kite(self, query: Any = None, timeout: float | None = None, **fields: str) -> Client:
         """Find and dial one matching kite; see :meth:`kite.Kite.dial_kite`."""

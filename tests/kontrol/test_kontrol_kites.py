@@ -44,6 +44,25 @@ def test_register_find_call_and_deregister_on_exit(kontrol):
     bob.close()
 
 
+def test_get_kites_tokens_renew_through_kontrol(kontrol):
+    """The renewal asks ``getToken`` with the kite's whole identity (every Kontrol answers that; the Go
+    Kontrol on etcd cannot answer Go's id-only renewal, koding/kite#224); ours answers the id alone too."""
+    math = serve_kite(kite_for(kontrol, "alice"))
+    math.register_forever(math.url)
+    bob = kite_for(kontrol, "bob", "cli")
+    [client] = bob.get_kites(username="alice", environment="prod", name="math")
+    asked: list = []
+    kontrol.kite.pre_handle_func(lambda r: asked.append(r.args.raw) if r.method == "getToken" else None)
+    with client:
+        assert client.tell("square", 6) == 36
+        fresh = client.token_renewer.renew()
+        assert client.auth.key == fresh and client.tell("square", 7) == 49
+    assert asked == [[math.kite().to_wire()]]
+    assert bob.get_token({"id": math.id})
+    math.close()
+    bob.close()
+
+
 def test_http_registered_kite_expires_after_it_stops(kontrol):
     math = serve_kite(kite_for(kontrol, "alice"))
     result = math.register_http(math.url)
