@@ -81,6 +81,18 @@ def test_large_message_round_trip(math):
         assert c.tell("echo", blob) == blob
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_burst_of_large_messages_is_not_one_oversized_frame(math, transport):
+    """20 concurrent 1 MiB answers (and arguments) are 20 MiB queued at once: more than the peer's
+    16 MiB message limit if they left as one SockJS frame or xhr_send body (they would be refused
+    with 1009 / 413); they leave in frames of at most 1 MiB of messages (wire.sockjs.BATCH_LIMIT)."""
+    blob = "x" * (1 << 20)
+    with client_for(math, transport) as c:
+        answers = [c.go("echo", blob) for _ in range(20)]
+        assert all(a.get(timeout=20) == blob for a in answers)
+        assert c.tell("square", 3) == 9  # the connection is still up
+
+
 def test_calls_on_dialed_connection_skip_auth_and_builtins_work(math):
     # The server calls the client's built-ins over the connection the client dialed:
     # no credentials are needed there (checklist 21), and kite.systemInfo has the Go keys (39).

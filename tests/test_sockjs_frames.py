@@ -188,3 +188,17 @@ def test_frames_module_is_pure():
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"gevent", "socket", "ssl", "select", "asyncio", "threading"}
+
+
+def test_batches_cut_at_the_limit_and_keep_every_message_once():
+    messages = ["a" * 4, "b" * 4, "c" * 9, "d", "e" * 3]
+    assert frames.first_batch(messages, 8) == 2
+    assert frames.batches(messages, 8) == [["a" * 4, "b" * 4], ["c" * 9], ["d", "e" * 3]]  # a long one alone
+    assert frames.batches(messages, 100) == [messages]
+    assert frames.batches([], 8) == []
+    for _ in range(200):
+        ms = ["x" * random.randint(0, 20) for _ in range(random.randint(0, 30))]
+        limit = random.randint(1, 40)
+        cut = frames.batches(ms, limit)
+        assert [m for b in cut for m in b] == ms
+        assert all(b and (len(b) == 1 or sum(map(len, b)) <= limit) for b in cut)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import gevent
 
+from kite.wire.sockjs import batches
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -50,9 +52,10 @@ class HubFlush:
         return sum(map(len, self._pending)) + len(self._tail)
 
     def _frame(self, messages: list[str]) -> bytes:
-        """The bytes that carry ``messages``: one SockJS frame, or raw, one WebSocket frame each."""
+        """The bytes that carry ``messages``: SockJS frames of at most :data:`~kite.wire.sockjs.BATCH_LIMIT`
+        characters each (normally one), or raw, one WebSocket frame per message."""
         if self._sockjs:
-            return self._ws.text_frame(self._sockjs_payload(messages))
+            return b"".join(self._ws.text_frame(self._sockjs_payload(batch)) for batch in batches(messages))
         return b"".join(map(self._ws.text_frame, messages))
 
     def _send_tail(self) -> bool:

@@ -44,6 +44,33 @@ ANOTHER_CONNECTION = (2010, "Another connection still open")
 _JSON_ERRORS = (*jsoncodec.DECODE_ERRORS, TypeError)
 
 
+#: Characters of messages one frame (or ``xhr_send`` body) carries at most, unless a single
+#: message is longer: a burst of large messages then leaves as several frames, each well
+#: under any peer's message limit (ours: 16 MiB), instead of one that the peer refuses.
+BATCH_LIMIT = 1024 * 1024
+
+
+def first_batch(messages: list[str], limit: int = BATCH_LIMIT) -> int:
+    """How many of ``messages``, from the first, go in one frame: as many as fit in ``limit``
+    characters, and always at least one."""
+    size = 0
+    for count, message in enumerate(messages):
+        size += len(message)
+        if size > limit and count:
+            return count
+    return len(messages)
+
+
+def batches(messages: list[str], limit: int = BATCH_LIMIT) -> list[list[str]]:
+    """``messages`` cut into consecutive frames of :func:`first_batch` each (one list when they fit)."""
+    out = []
+    while messages:
+        n = first_batch(messages, limit)
+        out.append(messages[:n])
+        messages = messages[n:]
+    return out
+
+
 def encode_messages(messages: list[str]) -> str:
     """The ``a[...]`` frame carrying ``messages`` in order.
 

@@ -23,7 +23,7 @@ from kite.errors import RemoteProtocolError
 from kite.transport import websocket
 from kite.transport.flush import HubFlush
 from kite.transport.session import Session, SessionClosed
-from kite.wire.sockjs import KIND_CLOSE, KIND_MESSAGES, decode_server_frame, encode_client_payload
+from kite.wire.sockjs import KIND_CLOSE, KIND_MESSAGES, batches, decode_server_frame, encode_client_payload
 
 log = logging.getLogger("kite.sockjs")
 
@@ -204,7 +204,8 @@ class WebSocketClientSession(HubFlush, ClientSession):
 
     def _write(self, messages: list[str]) -> None:
         if self._sockjs:
-            self._ws.send_text(encode_client_payload(messages))
+            for batch in batches(messages):
+                self._ws.send_text(encode_client_payload(batch))
         else:
             self._ws.send_texts(messages)
 
@@ -346,9 +347,10 @@ class XhrClientSession(ClientSession):
     # -- sending ----------------------------------------------------------------------------
 
     def _write(self, messages: list[str]) -> None:
-        response = self._post("xhr_send", encode_client_payload(messages), read_timeout=XHR_READ_TIMEOUT)
-        response.close()
-        if response.status_code == 404:
-            raise ConnectionError("XHR session does not exist")
-        if response.status_code not in (200, 204):
-            raise ConnectionError(f"xhr_send: HTTP {response.status_code}")
+        for batch in batches(messages):  # each body under the server's size limit
+            response = self._post("xhr_send", encode_client_payload(batch), read_timeout=XHR_READ_TIMEOUT)
+            response.close()
+            if response.status_code == 404:
+                raise ConnectionError("XHR session does not exist")
+            if response.status_code not in (200, 204):
+                raise ConnectionError(f"xhr_send: HTTP {response.status_code}")

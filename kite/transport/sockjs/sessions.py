@@ -29,9 +29,11 @@ from kite.wire.sockjs import (
     GO_AWAY,
     HEARTBEAT,
     OPEN,
+    batches,
     decode_client_payload,
     encode_close,
     encode_messages,
+    first_batch,
 )
 
 if TYPE_CHECKING:
@@ -82,9 +84,11 @@ class ServerSession(Session):
         return sum(map(len, self._pending))
 
     def _take_frame(self) -> str | None:
+        """An ``a[...]`` frame of the queued messages (at most a batch of them), or ``None``."""
         if not self._pending:
             return None
-        messages, self._pending = self._pending, []
+        n = first_batch(self._pending)
+        messages, self._pending = self._pending[:n], self._pending[n:]
         return encode_messages(messages)
 
     def __repr__(self) -> str:
@@ -164,7 +168,8 @@ class WebSocketSession(HubFlush, ServerSession):
                 if self._pending:
                     messages, self._pending = self._pending, []
                     if self._sockjs:
-                        ws.send_text(encode_messages(messages))
+                        for batch in batches(messages):
+                            ws.send_text(encode_messages(batch))
                     else:
                         ws.send_texts(messages)
                     continue
