@@ -12,8 +12,8 @@ import gevent
 import pytest
 
 from tests.interop.conftest import run_kitejs_client
-from tests.proxy.methods import add_methods
 from tests.proxy.conftest import find_through, raw_websocket_url
+from tests.proxy.methods import add_methods
 
 # name -> (raw WebSocket or SockJS, extra client.js arguments)
 TRANSPORTS = {

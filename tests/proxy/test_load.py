@@ -1,8 +1,10 @@
 """Many callers through one proxy, and a caller that stops reading: nothing lost, memory bounded.
 
-The proxy (``python -m kite.proxy.reverse``) and the backend kite run as subprocesses, the
-callers in this process: three processes on the 2 cores of the reference machine. The
-proxy's RSS is read from ``/proc/<pid>/status`` (VmRSS).
+Each test runs against both proxies: the reverse proxy (``python -m kite.proxy.reverse``, the
+backend listens and the proxy dials it) and the tunnel proxy (``python -m kite.proxy.tunnel``,
+the backend runs ``register_to_tunnel`` and dials a tunnel back for every caller). The proxy
+and the backend kite run as subprocesses, the callers in this process: three processes on the
+2 cores of the reference machine. The proxy's RSS is read from ``/proc/<pid>/status`` (VmRSS).
 
 Scale: :data:`CONNECTIONS` callers x :data:`CALLS` calls each, twice (the second round
 must not grow the proxy's memory): 200 x 100 as the issue asks, ~8 s per round on 2 cores.
@@ -16,12 +18,13 @@ import gevent
 import pytest
 
 from kite.transport import wsclient
-from tests.proxy.conftest import backend_process, dial, find_through, proxy_process
+from tests.proxy.conftest import backend_process, dial, find_through, proxy_process, raw_websocket_url, tunnel_process
 
 CONNECTIONS = 200
 CALLS = 100
-#: What the proxy's RSS may grow by with the callers connected (8 MiB measured): ~50 KiB per idle
-#: SockJS connection on each side of a relay plus buffers, with room to spare.
+#: What the proxy's RSS may grow by with the callers connected (measured: 8 MiB for the reverse
+#: proxy, 21-24 MiB for the tunnel proxy, whose tunnels are two SockJS sessions each): ~50 KiB per
+#: idle SockJS connection on each side of a relay plus buffers, with room to spare.
 MAX_CONNECTED_GROWTH_KIB = 48 * 1024
 #: What a second, identical round may add over the first: nothing is kept per call.
 MAX_ROUND_GROWTH_KIB = 8 * 1024
@@ -29,7 +32,8 @@ MAX_ROUND_GROWTH_KIB = 8 * 1024
 BLOB = 1024 * 1024
 BLOBS = 64
 #: What the proxy may hold for a caller that does not read 64 MiB of answers: a message or
-#: two per direction and the socket buffers, not the answers.
+#: two per direction (the tunnel proxy: MAX_BACKLOG, 1 MiB, and the message in flight) and the
+#: socket buffers, not the answers.
 MAX_SLOW_READER_GROWTH_KIB = 24 * 1024
 
 
@@ -41,12 +45,23 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-@pytest.fixture
-def stack(tmp_path, kontrol, kites):
+#: Per proxy: its command (a context manager yielding the process and its port), the backend's
+#: flags, and the public URL of kite ``{kite_id}`` behind a proxy on ``{port}``.
+STACKS = {
+    "reverse": (proxy_process, (), "http://127.0.0.1:{port}/proxy/{kite_id}"),
+    "tunnel": (tunnel_process, ("--tunnel",), "http://127.0.0.1:{port}/proxy?kiteID={kite_id}"),
+}
+
+
+@pytest.fixture(params=sorted(STACKS))
+def stack(request, tmp_path, kontrol, kites):
     """``(proxy process, caller kite, found client)`` with the backend registered through the proxy."""
+    command, backend_args, public_url = STACKS[request.param]
     caller = kites("bob", "caller", serve=False)
-    with proxy_process(tmp_path, kontrol) as (proxy, port), backend_process(tmp_path, kontrol) as (_backend, kite_id):
-        found = find_through(caller, f"http://127.0.0.1:{port}/proxy/{kite_id}")
+    with command(tmp_path, kontrol) as (proxy, port), \
+            backend_process(tmp_path, kontrol, *backend_args) as (_backend, kite_id):
+        found = find_through(caller, public_url.format(port=port, kite_id=kite_id))
+        assert found.url == public_url.format(port=port, kite_id=kite_id)
         yield proxy, caller, found
 
 
@@ -86,17 +101,17 @@ def test_many_callers_at_once_lose_nothing_and_the_proxy_stays_small(stack):
         assert errors == [] and answered == CONNECTIONS * CALLS
         connected.append(rss)
         after.append(rss_kib(proxy.pid))
-    print(f"proxy RSS (KiB): {base} at start; per round of {CONNECTIONS}x{CALLS} calls: {connected} with the "
+    print(f"{proxy.args[2]} RSS (KiB): {base} at start; per round of {CONNECTIONS}x{CALLS} calls: {connected} with the "
           f"callers connected, {after} after they left")
     assert max(connected) - base < MAX_CONNECTED_GROWTH_KIB, (base, connected)
     assert connected[1] - connected[0] < MAX_ROUND_GROWTH_KIB and after[1] - after[0] < MAX_ROUND_GROWTH_KIB
 
 
 def test_a_caller_that_stops_reading_does_not_grow_the_proxy(stack):
-    """Back-pressure: the proxy holds a message at a time; the rest waits in the backend and TCP."""
+    """Back-pressure: the reverse proxy holds a message at a time, the tunnel proxy at most
+    MAX_BACKLOG (1 MiB) per direction; the rest waits in the backend and TCP."""
     proxy, caller, found = stack
-    url = found.url.replace("http://", "ws://") + "/websocket"
-    ws = wsclient.connect(url, timeout=5)
+    ws = wsclient.connect(raw_websocket_url(found.url), timeout=5)
     try:
         base = rss_kib(proxy.pid)
         for i in range(BLOBS):  # raw dnode calls, and no reading of the answers
@@ -106,13 +121,13 @@ def test_a_caller_that_stops_reading_does_not_grow_the_proxy(stack):
             ws.send_text(json.dumps({"method": "blob", "arguments": [options], "callbacks": callbacks}))
         gevent.sleep(1.5)  # the backend writes as fast as the proxy takes: let it fill every buffer
         stalled = rss_kib(proxy.pid)
-        print(f"proxy RSS: {base} KiB, {stalled} KiB with {BLOBS} MiB of answers unread")
+        print(f"{proxy.args[2]} RSS: {base} KiB, {stalled} KiB with {BLOBS} MiB of answers unread")
         assert stalled - base < MAX_SLOW_READER_GROWTH_KIB, (base, stalled)
         got = 0
         with gevent.Timeout(30):
             while got < BLOBS:
                 text = ws.recv_text()
-                assert text is not None, f"closed after {got} answers"
+                assert text is not None, f"closed after {got} answers: {ws.close_code} {ws.close_reason}"
                 message = json.loads(text)
                 assert message["method"] == got and len(message["arguments"][0]["result"]) == BLOB
                 got += 1
