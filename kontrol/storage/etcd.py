@@ -18,9 +18,12 @@ minimum (``ceil(1.5 * election timeout)``, 2 s by default) to that minimum.
 Atomicity: every change of a kite is one transaction guarded by the id index's
 ``mod_revision`` (optimistic concurrency, retried on conflict); no etcd locks.
 
-Watches: one watch stream per storage instance over ``<prefix>/kites/``, opened
-while there are watchers, resumed from the last seen revision after errors, so
-watchers see changes by every process sharing the etcd and survive outages.
+Reads: an in-memory replica of the kites (:mod:`kontrol.storage.replica`), listed at one
+revision and kept current by one watch stream over ``<prefix>/kites/``, answers
+``getKites``/``getToken`` without a round trip to etcd while it is in sync (``replica=False``:
+every read goes to etcd). The same stream feeds the watchers, resumed from the last seen
+revision after errors, so they see changes by every process sharing the etcd and survive
+outages.
 """
 
 from __future__ import annotations
@@ -68,6 +71,11 @@ RANGE_PAGE_SIZE = 1000
 T = TypeVar("T")
 
 
+def _revision_of(result: dict[str, Any]) -> int:
+    """The revision an etcd response was made at (for a write: the write's)."""
+    return int(result["header"]["revision"])
+
+
 @dataclass(frozen=True)
 class _Index:
     """A decoded ``kite-ids`` entry."""
@@ -84,7 +92,8 @@ class EtcdStorage(common.EtcdStorageBase):
     ``prefix`` namespaces all keys (several registries, or tests, can share one etcd);
     ``timeout`` bounds each request; ``pool_size`` bounds the connections to etcd
     (plus one per storage instance for the watch stream while anything watches);
-    ``ca_cert`` and ``cert`` (a (cert, key) file pair) configure TLS with ``protocol="https"``.
+    ``ca_cert`` and ``cert`` (a (cert, key) file pair) configure TLS with ``protocol="https"``;
+    ``replica`` keeps the kites in memory for reads (see the module docstring).
     """
 
     def __init__(
@@ -98,6 +107,7 @@ class EtcdStorage(common.EtcdStorageBase):
         pool_size: int = common.DEFAULT_POOL_SIZE,
         ca_cert: str | None = None,
         cert: tuple[str, str] | None = None,
+        replica: bool = True,
     ) -> None:
         super().__init__(host, port, protocol, timeout, pool_size)
         self._tls = {"verify": ca_cert or True, "cert": cert}
@@ -109,6 +119,8 @@ class EtcdStorage(common.EtcdStorageBase):
         self._ids = f"{root}/kite-ids/"
         self._keys = f"{root}/keys/"
         self._publics = f"{root}/key-publics/"
+        if replica:
+            self._start_replica()
 
     # -- transport ----------------------------------------------------------------------
 
@@ -192,8 +204,9 @@ class EtcdStorage(common.EtcdStorageBase):
     def _index(self, kid: str) -> _Index | None:
         return self._decode_index(self._get_kv(self._ids + kid))
 
-    def _write(self, record: KiteRecord, lease: int, ttl: int | None) -> _Index | None:
-        """Point the kite's keys at ``record`` with ``lease``, atomically; return what it replaced."""
+    def _write(self, record: KiteRecord, lease: int, ttl: int | None) -> tuple[_Index | None, int]:
+        """Point the kite's keys at ``record`` with ``lease``, atomically; return what it replaced
+        and the revision of the write."""
         id_key = self._ids + record.kite.id
         path_key = self._path_key(record.kite)
         index = self._index_value(record, ttl)
@@ -206,7 +219,7 @@ class EtcdStorage(common.EtcdStorageBase):
             guard = wire.unchanged(id_key, old.mod_revision) if old else wire.absent(id_key)
             result = self._txn([guard], ops, [{"request_range": {"key": wire.b64(id_key)}}])
             if result.get("succeeded"):
-                return old
+                return old, _revision_of(result)
             kvs = result["responses"][0]["response_range"].get("kvs") or []
             old = self._decode_index(kvs[0] if kvs else None)
         raise common.contended(f"kite {record.kite.id}")
@@ -217,10 +230,12 @@ class EtcdStorage(common.EtcdStorageBase):
         record = KiteRecord(KiteIdentity(**kite.to_wire()), url, key_id)
         lease = self._grant(ttl) if ttl is not None else 0
         try:
-            old = self._write(record, lease, whole_seconds(ttl) if ttl is not None else None)
+            old, revision = self._write(record, lease, whole_seconds(ttl) if ttl is not None else None)
         except BaseException:
             self._revoke_quietly(lease)
             raise
+        if self.replica is not None:
+            self.replica.put(record, revision)  # read your own writes, before the feed brings it
         if old is not None and old.lease != lease:
             self._revoke_quietly(old.lease)
 
@@ -262,24 +277,31 @@ class EtcdStorage(common.EtcdStorageBase):
             if entry is None:
                 return False
             ops = [wire.delete(self._path_key(entry.record.kite)), wire.delete(self._ids + kid)]
-            if self._txn([wire.unchanged(self._ids + kid, entry.mod_revision)], ops).get("succeeded"):
+            result = self._txn([wire.unchanged(self._ids + kid, entry.mod_revision)], ops)
+            if result.get("succeeded"):
+                if self.replica is not None:
+                    self.replica.remove(entry.record.kite, _revision_of(result))
                 self._revoke_quietly(entry.lease)
                 return True
         raise common.contended(f"kite {kid}")
 
-    def _scan(self, prefix: tuple[str, ...]) -> Iterable[KiteRecord]:
+    def _scan_store(self, prefix: tuple[str, ...]) -> Iterable[KiteRecord]:
         key = self._kites + "/".join(prefix)
         if len(prefix) < len(PATH_FIELDS):
             key += "/"
-        return [self._decode_kite(kv) for kv in self._range_all(key, exact=len(prefix) == len(PATH_FIELDS))]
-
-    def _range_all(self, key: str, exact: bool = False) -> Iterator[dict[str, Any]]:
-        """Every kv at ``key`` (or under the prefix ``key``), page by page at one revision."""
-        if exact:
+        if len(prefix) == len(PATH_FIELDS):
             kv = self._get_kv(key)
-            yield from [kv] if kv else []
-            return
+            return [self._decode_kite(kv)] if kv else []
+        return [self._decode_kite(kv) for kv in self._range_all(key)[1]]
+
+    def _list_kites(self) -> tuple[int, list[tuple[KiteRecord, int]]]:
+        revision, kvs = self._range_all(self._kites)
+        return revision, [(self._decode_kite(kv), int(kv["mod_revision"])) for kv in kvs]
+
+    def _range_all(self, key: str) -> tuple[int, list[dict[str, Any]]]:
+        """The revision read at and every kv under the prefix ``key``, page by page at that revision."""
         end, start, revision = wire.range_end(key), key, 0
+        found: list[dict[str, Any]] = []
         while True:
             options: dict[str, Any] = {"range_end": end, "limit": RANGE_PAGE_SIZE}
             if revision:
@@ -287,9 +309,9 @@ class EtcdStorage(common.EtcdStorageBase):
             result = self._post("/kv/range", {"key": wire.b64(start), **options})
             revision = revision or int(result["header"]["revision"])
             kvs = result.get("kvs") or []
-            yield from kvs
+            found.extend(kvs)
             if not result.get("more") or not kvs:
-                return
+                return revision, found
             start = wire.unb64(kvs[-1]["key"]) + "\0"
 
     def _decode_kite(self, kv: dict[str, Any]) -> KiteRecord:
@@ -298,18 +320,18 @@ class EtcdStorage(common.EtcdStorageBase):
             raise StorageError(f"malformed kite key {wire.unb64(kv['key'])!r}")
         return KiteRecord(kite, *common.parse_kite_value(wire.unb64(kv.get("value", ""))))
 
-    def get_by_id(self, kite_id: str) -> KiteRecord | None:
+    def _get_by_id_store(self, kite_id: str) -> KiteRecord | None:
         entry = self._index(kite_id)
         return entry.record if entry is not None else None
 
-    def count(self) -> int:
+    def _count_store(self) -> int:
         return int(self._range(self._ids, prefix=True, count_only=True).get("count", 0))
 
     # -- watches ------------------------------------------------------------------------
 
     def _follow(self, start: int) -> Iterator[tuple[int, list[KiteEvent]]]:
         return wire.follow_watch(
-            common.bounded_session(1, **self._tls),
+            common.bounded_session(1, **self._tls, keepalive=True),
             self._client.get_url("/watch"),
             self._kites,
             start,
@@ -352,7 +374,7 @@ class EtcdStorage(common.EtcdStorageBase):
         raise common.contended(f"key pair {id}")
 
     def list_key_pairs(self, include_deleted: bool = False) -> list[KeyPair]:
-        pairs = (KeyPair.from_json(json.loads(wire.unb64(kv["value"]))) for kv in self._range_all(self._keys))
+        pairs = (KeyPair.from_json(json.loads(wire.unb64(kv["value"]))) for kv in self._range_all(self._keys)[1])
         return newest_first(pairs, include_deleted)
 
     # -- lifecycle ----------------------------------------------------------------------

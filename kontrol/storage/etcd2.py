@@ -234,7 +234,7 @@ class Etcd2Storage(common.EtcdStorageBase):
         removed_path = self._delete(self._path_key(identity)) if identity is not None else None
         return removed is not None or removed_path is not None
 
-    def _scan(self, prefix: tuple[str, ...]) -> Iterable[KiteRecord]:
+    def _scan_store(self, prefix: tuple[str, ...]) -> Iterable[KiteRecord]:
         key = "/".join([self._kites, *(_segment(p) for p in prefix)])
         result = self._read(key, recursive=True)
         if result is None:
@@ -246,14 +246,14 @@ class Etcd2Storage(common.EtcdStorageBase):
                 records.append(KiteRecord(kite, *common.parse_kite_value(node.value)))
         return records
 
-    def get_by_id(self, kite_id: str) -> KiteRecord | None:
+    def _get_by_id_store(self, kite_id: str) -> KiteRecord | None:
         node = self._read(self._id_key(kite_id))
         if node is None or node.dir:
             return None
         kite = self._identity_of(kite_id, node.value, "")
         return KiteRecord(kite, *common.parse_kite_value(node.value)) if kite is not None else None
 
-    def count(self) -> int:
+    def _count_store(self) -> int:
         result = self._read(self._kites)
         return 0 if result is None else sum(1 for node in result.leaves if not node.dir)
 

@@ -1,7 +1,8 @@
 """Pieces both etcd backends use: connection limits, retries, the kite value, key pair indexing.
 
-:class:`EtcdStorageBase` is their common base: the watch hub and its event pump,
-concurrent bulk upserts, and closing.
+:class:`EtcdStorageBase` is their common base: the watch hub fed by the in-memory
+replica's change feed (:mod:`kontrol.storage.replica`) or, without a replica, by an
+event pump; reads from the replica while it is in sync; concurrent bulk upserts; closing.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import gevent
 import requests
 from gevent.pool import Pool
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
 
 from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
 from .base import KiteEvent, KiteRecord, QueryLike, Storage, WatchCallback, Watcher, check_kite
 from .errors import StorageError
 from .query import KontrolQuery
+from .replica import KEEPALIVE_OPTIONS, Replica
 from .watch import EventPump, WatchHub
 
 log = logging.getLogger(__name__)
@@ -65,10 +68,20 @@ def contended(what: str) -> StorageError:
     return StorageError(f"{what}: too many concurrent updates")
 
 
-def bounded_session(pool_size: int, verify: Any = True, cert: Any = None) -> requests.Session:
-    """A requests session that never holds more than ``pool_size`` connections (it blocks instead)."""
+class _KeepAliveAdapter(HTTPAdapter):
+    """An adapter whose connections probe an idle peer (TCP keep-alive, :data:`KEEPALIVE_OPTIONS`)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["socket_options"] = [*HTTPConnection.default_socket_options, *KEEPALIVE_OPTIONS]
+        super().init_poolmanager(*args, **kwargs)
+
+
+def bounded_session(pool_size: int, verify: Any = True, cert: Any = None, keepalive: bool = False) -> requests.Session:
+    """A requests session that never holds more than ``pool_size`` connections (it blocks instead);
+    ``keepalive``: its connections find a silently dead peer within seconds (for watch streams)."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, pool_block=True)
+    adapter_class = _KeepAliveAdapter if keepalive else HTTPAdapter
+    adapter = adapter_class(pool_connections=1, pool_maxsize=pool_size, pool_block=True)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.verify = verify
@@ -109,11 +122,16 @@ def public_key_digest(public: str) -> str:
 
 
 class EtcdStorageBase(Storage):
-    """What both etcd backends share: one change feed per instance, bulk upserts, closing.
+    """What both etcd backends share: one change feed per instance, reads from memory, bulk
+    upserts, closing.
 
-    Watches: one :class:`EventPump` follows the backend's change feed (:meth:`_follow`)
-    while there are watchers, from the revision current when the first one was added.
-    Subclasses set ``_kites`` (the key prefix of the kites, named in the pump's logs).
+    With a replica (:meth:`_start_replica`, called by a subclass once it can reach etcd):
+    the replica lists the kites, follows the change feed (:meth:`_follow`) for good, and
+    publishes every change to the watchers; :meth:`_scan`, :meth:`get_by_id` and
+    :meth:`count` read it while it is in sync, else etcd (``_scan_store`` & co.). Without
+    one, an :class:`EventPump` follows the feed while there are watchers, from the revision
+    current when the first one was added. Subclasses set ``_kites`` (the key prefix of the
+    kites, named in the logs).
     """
 
     #: Names the backend in the watch pump's logs.
@@ -126,7 +144,51 @@ class EtcdStorageBase(Storage):
         self._pool_size = pool_size
         self._hub = WatchHub(on_empty=self._stop_pump)
         self._pump: EventPump | None = None
+        #: The in-memory replica of the kites, when the backend keeps one.
+        self.replica: Replica | None = None
         self._closed = False
+
+    # -- reads: the replica while in sync, else etcd ------------------------------------------
+
+    def _start_replica(self) -> None:
+        self.replica = Replica(f"{self._feed_name} replica {self._where}{self._kites}", self._list_kites,
+                               self._follow, self._hub.publish)
+
+    def _in_sync(self) -> Replica | None:
+        replica = self.replica
+        return replica if replica is not None and replica.ready.is_set() else None
+
+    def _scan(self, prefix: tuple[str, ...]) -> Iterable[KiteRecord]:
+        replica = self._in_sync()
+        return replica.scan(prefix) if replica is not None else self._scan_store(prefix)
+
+    def get_by_id(self, kite_id: str) -> KiteRecord | None:
+        replica = self._in_sync()
+        return replica.get_by_id(kite_id) if replica is not None else self._get_by_id_store(kite_id)
+
+    def count(self) -> int:
+        replica = self._in_sync()
+        return len(replica) if replica is not None else self._count_store()
+
+    def ping(self) -> None:
+        """Reach etcd itself (the replica would answer without it)."""
+        self._count_store()
+
+    @abstractmethod
+    def _scan_store(self, prefix: tuple[str, ...]) -> Iterable[KiteRecord]:
+        """:meth:`_scan`, read from etcd."""
+
+    @abstractmethod
+    def _get_by_id_store(self, kite_id: str) -> KiteRecord | None:
+        """:meth:`get_by_id`, read from etcd."""
+
+    @abstractmethod
+    def _count_store(self) -> int:
+        """:meth:`count`, read from etcd."""
+
+    def _list_kites(self) -> tuple[int, list[tuple[KiteRecord, int]]]:
+        """Every kite with the revision it last changed at, and the revision of the listing (for the replica)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no replica")
 
     def _check_registration(self, kite: KiteIdentity, url: str) -> None:
         """Validate a registration before writing it (:func:`check_kite`; backends may add limits)."""
@@ -163,7 +225,7 @@ class EtcdStorageBase(Storage):
         q = KontrolQuery.coerce(query).validate()
         revision = self._revision()
         watcher = self._hub.add(q, callback, after_revision=revision)
-        if self._pump is None:
+        if self._pump is None and self.replica is None:  # the replica publishes every change itself
             name = f"{self._feed_name} watch {self._where}{self._kites}"
             self._pump = EventPump(name, self._follow, revision + 1, self._hub.publish)
         return watcher
@@ -185,4 +247,6 @@ class EtcdStorageBase(Storage):
         self._closed = True
         self._hub.close()
         self._stop_pump()
+        if self.replica is not None:
+            self.replica.stop()
         self._close_connections()

@@ -243,6 +243,7 @@ def test_rotation_with_a_grace_period_retires_the_old_pair_later(kontrol):
 def test_kontrol_registers_itself_and_leaves_when_it_closes(backend):
     kontrol = start_kontrol(backend.open(), register_url="http://kontrol.example:4000/kite")
     try:
+        wait_until(lambda: kontrol.registry.seen(kontrol.kite.id))  # it registers itself once serving
         probe = make_kite(kontrol, "alice", serve=False)
         try:
             # Found like any kite: by Kontrol's own user, and by name.
