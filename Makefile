@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KITEJS := tests/interop/kitejs
 
-.PHONY: test lint run bench bench-kontrol bench-instructions clean deps etcd-server chromium
+.PHONY: test lint run bench bench-kontrol bench-instructions clean deps etcd-server postgresql chromium
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,18 @@ etcd-server:
 	@command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server)
 
+# The postgres storage tests run a real PostgreSQL server from Debian's package (initdb'd into a temporary
+# dir by the tests). Its binaries live in /usr/lib/postgresql/<version>/bin, not on PATH.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
 # The browser test (tests/test_browser.py) drives Debian's Chromium with playwright (no browser download).
 chromium:
 	@command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-deps: $(VENV)/.installed $(KITEJS)/node_modules/.installed etcd-server chromium
+deps: $(VENV)/.installed $(KITEJS)/node_modules/.installed etcd-server postgresql chromium
 
 test: deps lint
 	$(PY) -m pytest

@@ -42,7 +42,13 @@ OPTIONS = [
     ("registerurl", "REGISTERURL", "", "URL Kontrol registers for itself (default: --kontrolurl)"),
     ("publickeyfile", "PUBLICKEYFILE", "", "RSA public key PEM"),
     ("privatekeyfile", "PRIVATEKEYFILE", "", "RSA private key PEM"),
-    ("storage", "STORAGE", "sqlite", "sqlite, sqlite:///file.db, memory, etcd://host:port, etcd2://host:port"),
+    (
+        "storage",
+        "STORAGE",
+        "sqlite",
+        "sqlite, sqlite:///file.db, memory, etcd://host:port, etcd2://host:port, "
+        "postgres://user:password@host:port/dbname, or postgres (set by KONTROL_POSTGRES_*)",
+    ),
     ("machines", "MACHINES", "", "etcd endpoints host:port (with --storage etcd or etcd2)"),
     ("tlscertfile", "TLSCERTFILE", "", "TLS certificate PEM (serve https/wss)"),
     ("tlskeyfile", "TLSKEYFILE", "", "TLS key PEM"),

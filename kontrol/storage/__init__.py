@@ -49,6 +49,7 @@ __all__ = [
     "KiteRecord",
     "KontrolQuery",
     "MemoryStorage",
+    "PostgresStorage",
     "SqliteStorage",
     "Storage",
     "StorageError",
@@ -60,10 +61,16 @@ __all__ = [
 
 #: etcd's standard client port, used when an etcd URL names none.
 ETCD_DEFAULT_PORT = 2379
+#: What names the PostgreSQL backend: a URL of these schemes, or the bare name.
+POSTGRES_SCHEMES = ("postgres", "postgresql")
 
 
 def __getattr__(name: str) -> Any:
-    # The etcd backends import their client libraries only when asked for.
+    # The etcd and postgres backends import their client libraries only when asked for.
+    if name == "PostgresStorage":
+        from .postgres import PostgresStorage
+
+        return PostgresStorage
     if name == "EtcdStorage":
         from .etcd import EtcdStorage
 
@@ -84,10 +91,22 @@ def open_storage(url_or_name: str, **options: Any) -> Storage:
       :class:`SqliteStorage`;
     * ``"etcd://host:port[/prefix]"``: :class:`~kontrol.storage.etcd.EtcdStorage` (v3 API);
     * ``"etcd2://host:port[/prefix]"``: :class:`~kontrol.storage.etcd2.Etcd2Storage` (v2
-      API, the Go Kontrol's layout).
+      API, the Go Kontrol's layout);
+    * ``"postgres://user:password@host:port/dbname"`` (or ``postgresql://``):
+      :class:`~kontrol.storage.postgres.PostgresStorage`, in the Go Kontrol's tables. A
+      bare ``"postgres"`` or ``"postgres://"`` is configured as the Go Kontrol is, by
+      ``KONTROL_POSTGRES_HOST`` (default localhost), ``KONTROL_POSTGRES_PORT`` (5432),
+      ``KONTROL_POSTGRES_USERNAME`` and ``KONTROL_POSTGRES_DBNAME`` (both required),
+      ``KONTROL_POSTGRES_PASSWORD`` and ``KONTROL_POSTGRES_CONNECTTIMEOUT`` (seconds,
+      default 20); these also fill in what a URL leaves out. Options: ``pool_size``
+      (10), ``pool_timeout``, ``timeout``, ``purge_interval``, ``ssl_context``.
     """
     if url_or_name in ("memory", "memory://"):
         return MemoryStorage(**options)
+    if url_or_name.split("://", 1)[0] in POSTGRES_SCHEMES:  # "postgres", "postgres://…", "postgresql…"
+        from .postgres import PostgresStorage
+
+        return PostgresStorage.from_url(url_or_name, **options)
     if "://" not in url_or_name:
         return SqliteStorage(url_or_name, **options)
     scheme, rest = url_or_name.split("://", 1)
@@ -106,4 +125,6 @@ def open_storage(url_or_name: str, **options: Any) -> Storage:
         from .etcd2 import Etcd2Storage
 
         return Etcd2Storage(**where, **options)
-    raise ValueError(f"unknown storage {url_or_name!r}: use memory, sqlite:///file.db, etcd://host:port or etcd2://…")
+    raise ValueError(
+        f"unknown storage {url_or_name!r}: use memory, sqlite:///file.db, etcd://host:port, etcd2://… or postgres://…"
+    )

@@ -1,4 +1,4 @@
-"""Fixtures for the storage tests: a real etcd server and every backend behind one fixture.
+"""Fixtures for the storage tests: real etcd and PostgreSQL servers, and every backend behind one fixture.
 
 * :class:`EtcdServer` runs the real ``etcd`` binary (Debian's ``etcd-server``, which
   ``make deps`` installs) on free 127.0.0.1 ports with the v2 API enabled and a
@@ -6,17 +6,27 @@
   A missing binary FAILS the tests (they are not skipped): a green run must mean
   etcd was really exercised.
 * ``etcd_server``: one server per test module.
+* :class:`PostgresServer` runs Debian's PostgreSQL (``make deps`` installs it) from a
+  fresh ``initdb`` in a temporary dir, on a free 127.0.0.1 port, as an unprivileged user
+  when the tests run as root; ``postgres_server``: one per test session, a fresh
+  database per test (:meth:`PostgresServer.create_database`). Missing binaries FAIL.
 * ``backend`` / ``storage``: parametrized over memory, sqlite, etcd (v3) and etcd2;
-  each test gets a fresh location (a new sqlite file, a new etcd key prefix), and
-  ``backend.open()`` opens further instances on the same location.
+  each test gets a fresh location (a new sqlite file, a new etcd key prefix, a new
+  postgres database), and ``backend.open()`` opens further instances on the same
+  location. ``postgres`` is not in :data:`BACKENDS`: its Go schema takes only UUID ids
+  and key ids of stored key pairs, which the contract tests do not use;
+  ``test_postgres.py`` runs it with ``parametrize("backend", ["postgres"], indirect=True)``.
 * ``kontrol``: the Kontrol kite serving on a fresh ``backend`` location
   (:func:`start_kontrol`), and :func:`make_kite`, a kite holding a kite key from it.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -26,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import gevent
+import pg8000.native
 import pytest
 import requests
 
@@ -143,6 +154,190 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+#: Seconds PostgreSQL may take to accept connections after starting.
+POSTGRES_START_TIMEOUT = 30.0
+#: The role the storage under test logs in as (owner of each test database, not a superuser).
+POSTGRES_USER, POSTGRES_PASSWORD = "kontrol", "kontrol-test-password"
+POSTGRES_SUPERUSER, POSTGRES_SUPERUSER_PASSWORD = "postgres", "postgres-test-password"
+
+
+def postgres_bindir() -> Path:
+    """The directory of ``initdb`` and ``postgres``; fails the test (not skip) when PostgreSQL is missing."""
+    candidates = []
+    if shutil.which("pg_config"):
+        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=30).stdout.strip()
+        candidates.append(found)
+    # Debian's packages, newest major version first.
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name), reverse=True)
+    for candidate in candidates:
+        if candidate and all(os.access(Path(candidate) / b, os.X_OK) for b in ("initdb", "postgres")):
+            return Path(candidate)
+    pytest.fail(
+        "PostgreSQL is not installed: the postgres storage tests need a real server; run `make deps` "
+        "(or `apt-get install postgresql`)",
+        pytrace=False,
+    )
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """Who runs PostgreSQL: None (ourselves) unless we are root, which initdb and postgres refuse."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):  # Debian's package creates "postgres"
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    pytest.fail("running as root with neither a 'postgres' nor a 'nobody' user to run PostgreSQL as", pytrace=False)
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (fsync off: test data only), restartable on the same port."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.bindir = postgres_bindir()
+        self.data_dir = scratch / "data"
+        self.port = free_port()
+        self.log_path = scratch / "postgres.log"
+        self.process: subprocess.Popen | None = None
+        self._user = _server_user()
+        self._databases = 0
+
+    def _as_server_user(self) -> dict:
+        """Popen arguments that run the child as the server's user."""
+        if self._user is None:
+            return {}
+        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+
+    def init(self) -> None:
+        """``initdb`` a fresh cluster (superuser password auth over TCP)."""
+        if self._user is not None:
+            os.chown(self.scratch, self._user.pw_uid, self._user.pw_gid)
+        pwfile = self.scratch / "pwfile"
+        pwfile.write_text(POSTGRES_SUPERUSER_PASSWORD + "\n")
+        if self._user is not None:
+            os.chown(pwfile, self._user.pw_uid, self._user.pw_gid)
+        args = [
+            str(self.bindir / "initdb"),
+            f"--pgdata={self.data_dir}",
+            f"--username={POSTGRES_SUPERUSER}",
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=self.scratch,
+                              **self._as_server_user())
+        if done.returncode != 0:
+            pytest.fail(f"initdb failed ({done.returncode}):\n{done.stdout}\n{done.stderr}", pytrace=False)
+
+    def start(self) -> None:
+        args = [
+            str(self.bindir / "postgres"),
+            "-D", str(self.data_dir),
+            "-p", str(self.port),
+            "-k", str(self.scratch),
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", "fsync=off",
+            "-c", "synchronous_commit=off",
+            "-c", "full_page_writes=off",
+        ]  # fmt: skip
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        try:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.scratch,
+                                            **self._as_server_user())
+        finally:
+            log.close()
+        deadline = time.monotonic() + POSTGRES_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"postgres exited with {self.process.returncode}:\n{self.log_tail()}", pytrace=False)
+            try:
+                self.admin().close()
+                return
+            except Exception:
+                gevent.sleep(0.05)
+        self.stop()
+        pytest.fail(f"postgres did not accept connections in {POSTGRES_START_TIMEOUT} s:\n{self.log_tail()}",
+                    pytrace=False)
+
+    def stop(self, mode: signal.Signals = signal.SIGINT) -> None:
+        """Shut down: SIGINT is a fast (clean) shutdown, SIGQUIT an immediate one (like a crash)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(mode)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def admin(self, database: str = "postgres") -> pg8000.native.Connection:
+        """A superuser connection (close it)."""
+        return pg8000.native.Connection(POSTGRES_SUPERUSER, host="127.0.0.1", port=self.port, database=database,
+                                        password=POSTGRES_SUPERUSER_PASSWORD, timeout=10)
+
+    def create_user(self) -> None:
+        with self.admin() as db:
+            db.run(f"CREATE ROLE {POSTGRES_USER} LOGIN PASSWORD '{POSTGRES_PASSWORD}'")
+
+    def create_database(self) -> str:
+        """A new, empty database owned by :data:`POSTGRES_USER`; its name."""
+        self._databases += 1
+        name = f"t{self._databases}_{uuid.uuid4().hex[:8]}"
+        with self.admin() as db:
+            db.run(f"CREATE DATABASE {name} OWNER {POSTGRES_USER}")
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self.admin() as db:
+            db.run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def url(self, database: str) -> str:
+        return f"postgres://{POSTGRES_USER}:{POSTGRES_PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _postgres_scratch() -> Path:
+    """A new dir the server's user can reach: in tmpfs when there is one, else the temp dir (never
+    under pytest's, whose parents only root may enter)."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="kontrol-postgres-", dir=shm))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A running PostgreSQL for the whole session; always stopped afterwards."""
+    scratch = _postgres_scratch()
+    server = PostgresServer(scratch)
+    try:
+        server.init()
+        server.start()
+        server.create_user()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh database for one test (dropped afterwards): its storage URL."""
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.url(name)
+    finally:
+        postgres_server.drop_database(name)
+
+
 class Backend:
     """One storage location of one kind; ``open()`` gives another instance on it."""
 
@@ -153,8 +348,8 @@ class Backend:
 
     @property
     def shared(self) -> bool:
-        """Whether separate instances see each other's writes (and watch events, on etcd)."""
-        return self.kind in ("etcd", "etcd2")
+        """Whether separate instances see each other's writes and watch events (etcd, postgres)."""
+        return self.kind in ("etcd", "etcd2", "postgres")
 
     def open(self, **options) -> Storage:
         storage = open_storage(self.location, **options)
@@ -173,6 +368,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         location = "memory"
     elif kind == "sqlite":
         location = str(tmp_path / "kontrol.db")
+    elif kind == "postgres":
+        location = request.getfixturevalue("postgres_database")  # a fresh database per test
     else:
         server: EtcdServer = request.getfixturevalue("etcd_server")
         # A fresh key prefix per test: tests share the module's etcd without seeing each other.

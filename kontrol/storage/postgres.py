@@ -1,0 +1,937 @@
+"""PostgreSQL storage in the Go Kontrol's tables, so that a Go Kontrol and this one can share a database.
+
+**Layout** (PROTOCOL.md §7.11): schema ``kite`` with
+
+* ``kite.key``: ``id uuid`` (primary key), ``public``/``private text`` (each unique),
+  ``created_at``, ``deleted_at timestamptz`` (check ``created_at <= deleted_at``),
+  indexed on ``public`` and on ``(deleted_at DESC NULLS FIRST, public)``;
+* ``kite.kite`` (UNLOGGED): ``username, environment, kitename, version, region,
+  hostname``, ``id uuid`` (primary key), ``url``, ``created_at``, ``updated_at``,
+  ``key_id uuid NOT NULL`` referencing ``kite.key(id)``, indexed on ``updated_at DESC``.
+
+The storage creates whatever is missing (``IF NOT EXISTS``, in one transaction under an
+advisory lock, so Kontrols starting together do not race); tables made by the Go
+setup scripts are used as they are. Roles and grants are the administrator's business.
+The table is UNLOGGED, as in Go: a server *crash* empties it (key pairs survive), and
+Kontrol's registry writes its live kites back at their next refresh.
+
+**Ids**: the Go columns are ``uuid``, so kite ids, key pair ids and the ``key_id`` of a
+kite must be canonical (lower-case, hyphenated) UUIDs, and a kite's ``key_id`` must name
+a stored key pair (the foreign key; the Go Kontrol refuses an empty one too). Anything
+else is refused with :class:`InvalidKiteError` (kites) or :class:`KeyPairError` (key
+pairs); looking up an id that is not a UUID just finds nothing. Kontrol itself only
+uses UUIDs: kites generate them, and it registers kites under its stored pairs.
+
+**TTLs**: the Go Kontrol has one TTL for all kites, 90 s after ``updated_at`` (its
+cleaner deletes older rows). We keep that rule and express each kite's own TTL through
+``updated_at``: a kite written with TTL ``t`` gets ``updated_at = now + t - 90 s``, so it
+expires after ``t`` seconds for us and for a Go Kontrol's cleaner alike; with Kontrol's
+default TTL of 90 s, ``updated_at`` is simply the time of the write, as in Go. A kite
+without TTL gets ``updated_at = 9999-12-31``. Times are the database server's clock
+(one clock for every Kontrol sharing it), computed as Go does, ``now() AT TIME ZONE
+'UTC'``. Reads never return expired rows; every ``purge_interval`` seconds each storage
+deletes them and announces them (``DEREGISTER``).
+
+**Atomicity**: an upsert is one transaction, as in Go: ``UPDATE`` by id (returning the
+row it replaced), then ``INSERT`` if no row changed. Deletes and purges are transactions
+too, and their watch notifications commit with them.
+
+**Watches**: every change made through this backend, by any process, is published with
+``NOTIFY kontrol_kites`` in the transaction that makes it (PostgreSQL delivers
+notifications in commit order). Each storage instance that has watchers holds one more
+connection that ``LISTEN``\\s; events usually arrive within milliseconds, and at the
+latest after :data:`LISTEN_POLL_INTERVAL`. Changes made while that connection is down
+(the server restarting) are not delivered; it reconnects with a backoff. Writes by a Go
+Kontrol are not announced (it has no watches, §7.9), but its rows are read and expire
+like ours.
+
+**Connections**: at most ``pool_size`` connections for ordinary calls (plus the
+listener). Callers wait for a free one up to ``pool_timeout`` seconds instead of opening
+more (the Go Kontrol's unbounded pool hit ``max_connections`` under load and lost
+kites). A broken connection is dropped and replaced; an operation that fails on a
+reused connection before the server did anything is retried once on a fresh one.
+Unreachable servers, timeouts and other transient failures raise
+:class:`StorageUnavailableError`, so Kontrol retries as it does on etcd outages.
+
+**Driver**: ``pg8000`` (pure Python). It talks through the ``socket`` module, so in a
+monkey-patched (gevent) process every call blocks only its greenlet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import gevent
+import pg8000.native
+from gevent.lock import BoundedSemaphore, Semaphore
+from gevent.pool import Pool
+from gevent.socket import wait_read
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from kite.wire.protocol import PATH_FIELDS, KiteIdentity
+
+from .base import (
+    KeyPair,
+    KiteEvent,
+    KiteRecord,
+    KiteRef,
+    QueryLike,
+    Storage,
+    WatchCallback,
+    Watcher,
+    check_kite,
+    check_ttl,
+    check_usable,
+    kite_id,
+    new_key_pair,
+    newest_first,
+)
+from .errors import (
+    InvalidKiteError,
+    KeyPairError,
+    KeyPairExistsError,
+    KeyPairNotFoundError,
+    StorageError,
+    StorageUnavailableError,
+)
+from .local import DEFAULT_PURGE_INTERVAL, change_events
+from .query import KontrolQuery
+from .watch import EventPump, WatchHub
+
+log = logging.getLogger("kontrol.storage.postgres")
+
+T = TypeVar("T")
+
+DEFAULT_PORT = 5432
+#: Connections one storage instance holds for ordinary calls (callers beyond wait).
+DEFAULT_POOL_SIZE = 10
+#: Seconds a caller waits for a free connection before the storage is "unavailable".
+DEFAULT_POOL_TIMEOUT = 10.0
+#: Seconds one operation (a statement or a transaction) may take on the server.
+DEFAULT_TIMEOUT = 5.0
+#: Seconds to open a connection (Go's ``KONTROL_POSTGRES_CONNECTTIMEOUT`` default).
+DEFAULT_CONNECT_TIMEOUT = 20.0
+#: The Go Kontrol's ``KeyTTL``: a row whose ``updated_at`` is older than this has expired.
+GO_KEY_TTL = 90
+#: ``updated_at`` of a kite that never expires (finite: Go's driver cannot read 'infinity').
+PERMANENT = "9999-12-31 00:00:00"
+#: The channel the watch notifications go through.
+CHANNEL = "kontrol_kites"
+#: Largest notification payload we send (PostgreSQL refuses 8000 bytes and more).
+MAX_PAYLOAD = 7900
+#: Longest wait of the listener between round trips: bounds how late a notification
+#: that arrived with another message can be read, and how soon a dead connection is seen.
+LISTEN_POLL_INTERVAL = 0.5
+#: Attempts of an upsert that keeps losing the race between its UPDATE and INSERT.
+UPSERT_ATTEMPTS = 5
+#: Key of the advisory lock held while creating the schema (any constant; "kontrol").
+SCHEMA_LOCK = 0x6B6F6E74726F6C
+#: SQLSTATE codes (and classes) that mean "try again later", not "your request is wrong".
+_TRANSIENT_CODES = ("40001", "40P01", "55P03")
+_TRANSIENT_CLASSES = ("08", "53", "57")
+#: The application_name of our connections, and of the listener (what pg_stat_activity shows).
+APPLICATION_NAME = "kontrol"
+LISTENER_NAME = "kontrol-watch"
+
+# -- SQL ------------------------------------------------------------------------------------
+# The Go Kontrol's times: now() in UTC, as a timestamp that the column's timestamptz
+# reads in the session time zone. Used for kites only, exactly as Go does.
+_NOW = "(now() AT TIME ZONE 'UTC')"
+_LIVE = f"updated_at > {_NOW} - interval '{GO_KEY_TTL} seconds'"
+_EXPIRES = (
+    f"COALESCE({_NOW} + (CAST(:ttl AS float8) - {GO_KEY_TTL}) * interval '1 second', timestamp '{PERMANENT}')"
+)
+#: Our field names -> the Go columns (``name`` is ``kitename`` there).
+_COLUMN = {f: ("kitename" if f == "name" else f) for f in PATH_FIELDS}
+_KITE_COLUMNS = ", ".join(_COLUMN[f] for f in PATH_FIELDS) + ", url, key_id"
+_IDENTITY_SET = ", ".join(f"{_COLUMN[f]} = :{f}" for f in PATH_FIELDS if f != "id")
+
+_SCHEMA_OBJECTS = (
+    "kite.key",
+    "kite.kite_key_public_idx",
+    "kite.kite_key_deleted_at_public_idx",
+    "kite.kite",
+    "kite.kite_updated_at_btree_idx",
+)
+_MISSING_OBJECTS = "SELECT name FROM unnest(CAST(:names AS text[])) AS name WHERE to_regclass(name) IS NULL"
+_SCHEMA = f"""
+CREATE SCHEMA IF NOT EXISTS kite;
+CREATE TABLE IF NOT EXISTS kite.key (
+    id          uuid           NOT NULL DEFAULT gen_random_uuid(),
+    public      text           NOT NULL,
+    private     text           NOT NULL,
+    created_at  timestamptz(6) NOT NULL DEFAULT now(),
+    deleted_at  timestamptz(6),
+    PRIMARY KEY (id),
+    CONSTRAINT key_public_unique UNIQUE (public),
+    CONSTRAINT key_private_unique UNIQUE (private),
+    CONSTRAINT key_created_at_lte_deleted_at_check CHECK (created_at <= deleted_at)
+);
+CREATE INDEX IF NOT EXISTS kite_key_public_idx ON kite.key USING btree (public);
+CREATE INDEX IF NOT EXISTS kite_key_deleted_at_public_idx ON kite.key USING btree (deleted_at DESC NULLS FIRST, public);
+CREATE UNLOGGED TABLE IF NOT EXISTS kite.kite (
+    username    text        NOT NULL,
+    environment text        NOT NULL,
+    kitename    text        NOT NULL,
+    version     text        NOT NULL,
+    region      text        NOT NULL,
+    hostname    text        NOT NULL,
+    id          uuid        PRIMARY KEY,
+    url         text        NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT {_NOW},
+    updated_at  timestamptz NOT NULL DEFAULT {_NOW},
+    key_id      uuid        NOT NULL,
+    CONSTRAINT kite_key_id_fkey FOREIGN KEY (key_id) REFERENCES kite.key (id)
+);
+CREATE INDEX IF NOT EXISTS kite_updated_at_btree_idx ON kite.kite USING btree (updated_at DESC);
+"""
+
+# The UPDATE of Go's upsert, also setting the identity (ours may change under one id), and
+# returning the row it replaced (with whether that one was still live) for the watchers.
+_UPDATE_KITE = f"""
+UPDATE kite.kite AS k SET {_IDENTITY_SET}, url = :url, key_id = :key_id, updated_at = {_EXPIRES}
+FROM (SELECT {_KITE_COLUMNS}, {_LIVE} AS live FROM kite.kite WHERE id = :id FOR UPDATE) AS old
+WHERE k.id = old.id
+RETURNING {", ".join(f"old.{c.strip()}" for c in _KITE_COLUMNS.split(","))}, old.live
+"""
+_INSERT_KITE = f"""
+INSERT INTO kite.kite ({_KITE_COLUMNS}, updated_at)
+VALUES ({", ".join(f":{f}" for f in PATH_FIELDS)}, :url, :key_id, {_EXPIRES})
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+_REFRESH_KITE = f"UPDATE kite.kite SET updated_at = {_EXPIRES} WHERE id = :id AND {_LIVE} RETURNING id"
+_DELETE_KITE = f"DELETE FROM kite.kite WHERE id = :id RETURNING {_KITE_COLUMNS}, {_LIVE}"
+_GET_KITE = f"SELECT {_KITE_COLUMNS} FROM kite.kite WHERE id = :id AND {_LIVE}"
+_COUNT_KITES = f"SELECT count(*) FROM kite.kite WHERE {_LIVE}"
+_PURGE_KITES = f"DELETE FROM kite.kite WHERE NOT ({_LIVE}) RETURNING {_KITE_COLUMNS}"
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', :payload)"
+
+_EPOCH = "CAST(EXTRACT(epoch FROM {}) AS float8)"
+_KEY_COLUMNS = f"id, public, private, {_EPOCH.format('created_at')}, {_EPOCH.format('deleted_at')}"
+_INSERT_KEY = f"INSERT INTO kite.key (id, public, private) VALUES (:id, :public, :private) RETURNING {_KEY_COLUMNS}"
+# A soft delete; an already deleted pair keeps its first deletion time.
+_DELETE_KEY = (
+    "UPDATE kite.key SET deleted_at = COALESCE(deleted_at, GREATEST(now(), created_at)) WHERE id = :id RETURNING id"
+)
+_KEY_BY_ID = f"SELECT {_KEY_COLUMNS} FROM kite.key WHERE id = :id"
+_KEY_BY_PUBLIC = f"SELECT {_KEY_COLUMNS} FROM kite.key WHERE public = :public"
+_ALL_KEYS = f"SELECT {_KEY_COLUMNS} FROM kite.key"
+
+
+def _scan_sql(length: int) -> str:
+    where = " AND ".join(f"{_COLUMN[f]} = :{f}" for f in PATH_FIELDS[:length])
+    return f"SELECT {_KITE_COLUMNS} FROM kite.kite WHERE {where} AND {_LIVE}"
+
+
+_SCANS = {n: _scan_sql(n) for n in range(1, len(PATH_FIELDS) + 1)}
+
+
+# -- settings -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """Where and as whom to connect (the Go ``PostgresConfig``; ``sslmode=disable`` as there)."""
+
+    user: str
+    database: str
+    host: str = "localhost"
+    port: int = DEFAULT_PORT
+    password: str | None = field(default=None, repr=False)
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+    @classmethod
+    def from_url(cls, url: str, environ: Mapping[str, str] | None = None) -> PostgresSettings:
+        """Settings from ``postgres[ql]://user:password@host:port/dbname`` or a bare ``postgres[ql][://]``.
+
+        Each setting comes from the URL, else from ``KONTROL_POSTGRES_<NAME>`` (``HOST``,
+        ``PORT``, ``USERNAME``, ``PASSWORD``, ``DBNAME``, ``CONNECTTIMEOUT``), else its
+        default (localhost, 5432, no password, 20 s); user and database name are required.
+        Raises ``ValueError`` for a missing or malformed setting.
+        """
+        env = os.environ if environ is None else environ
+        parts = urlsplit(url if "://" in url else url + "://")
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise ValueError(f"not a postgres URL: {url!r}")
+        if parts.query not in ("", "sslmode=disable"):  # TLS is the ssl_context option, not silently dropped
+            raise ValueError(f"postgres URL parameters are not supported: {parts.query!r}")
+
+        def setting(from_url: str | None, name: str) -> str | None:
+            return unquote(from_url) if from_url else env.get(f"KONTROL_POSTGRES_{name}") or None
+
+        user = setting(parts.username, "USERNAME")
+        database = setting(parts.path.lstrip("/"), "DBNAME")
+        for value, name in ((user, "USERNAME"), (database, "DBNAME")):
+            if not value:
+                raise ValueError(f"postgres storage: no {name.lower()}: give it in the URL or KONTROL_POSTGRES_{name}")
+        assert user is not None and database is not None
+        return cls(
+            user=user,
+            database=database,
+            host=setting(parts.hostname, "HOST") or "localhost",
+            port=_number(parts.port or env.get("KONTROL_POSTGRES_PORT") or DEFAULT_PORT, "PORT", int),
+            password=setting(parts.password, "PASSWORD"),
+            connect_timeout=_number(
+                env.get("KONTROL_POSTGRES_CONNECTTIMEOUT") or DEFAULT_CONNECT_TIMEOUT, "CONNECTTIMEOUT", float
+            ),
+        )
+
+    def __str__(self) -> str:
+        """``postgres://user@host:port/db``: the address without the password (for logs)."""
+        return f"postgres://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+def _number(value: Any, name: str, kind: Callable[[Any], T]) -> T:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"KONTROL_POSTGRES_{name}: not a number: {value!r}") from None
+
+
+# -- ids ------------------------------------------------------------------------------------
+
+
+def is_uuid(value: str) -> bool:
+    """Whether ``value`` is a UUID in the canonical form PostgreSQL returns (lower case, hyphens)."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+def _check_ids(record: KiteRecord) -> None:
+    if not is_uuid(record.kite.id):
+        raise InvalidKiteError(
+            f"kite id {record.kite.id!r} is not a UUID (the postgres storage keeps ids in a uuid column)"
+        )
+    if not record.key_id:
+        raise InvalidKiteError("empty key id (the postgres storage records the key pair a kite registered under)")
+    if not is_uuid(record.key_id):
+        raise InvalidKiteError(f"key id {record.key_id!r} is not a UUID (it must be the id of a stored key pair)")
+
+
+def _record(row: list[Any]) -> KiteRecord:
+    kite = KiteIdentity(**dict(zip(PATH_FIELDS, (str(v) for v in row[:7]), strict=True)))
+    return KiteRecord(kite, row[7], str(row[8]))
+
+
+def _key_pair(row: list[Any]) -> KeyPair:
+    return KeyPair(str(row[0]), row[1], row[2], row[3], row[4])
+
+
+def _kite_params(record: KiteRecord, ttl: float | None) -> dict[str, Any]:
+    return {**record.kite.to_wire(), "url": record.url, "key_id": record.key_id, "ttl": ttl}
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+def _encode_event(event: KiteEvent) -> str:
+    return json.dumps([event.action, event.kite.to_wire(), event.url, event.key_id], separators=(",", ":"))
+
+
+def event_payloads(events: Iterable[KiteEvent]) -> list[str]:
+    """The NOTIFY payloads (JSON lists of events) announcing ``events``, each under :data:`MAX_PAYLOAD`.
+
+    A single event too large to announce (a huge URL) is left out, with a warning.
+    """
+    payloads: list[str] = []
+    batch: list[str] = []
+    size = 0
+    for event in events:
+        encoded = _encode_event(event)
+        if len(encoded.encode()) + 2 > MAX_PAYLOAD:
+            log.warning("not announcing %s %s: too large for a notification", event.action, event.kite)
+            continue
+        if batch and size + len(encoded.encode()) + 1 > MAX_PAYLOAD - 2:
+            payloads.append("[" + ",".join(batch) + "]")
+            batch, size = [], 0
+        batch.append(encoded)
+        size += len(encoded.encode()) + 1
+    if batch:
+        payloads.append("[" + ",".join(batch) + "]")
+    return payloads
+
+
+def decode_events(payload: str) -> list[KiteEvent]:
+    """Inverse of :func:`event_payloads` for one payload; garbage gives ``[]`` (with a warning)."""
+    try:
+        return [KiteEvent(a, KiteIdentity(**kite), url, key_id) for a, kite, url, key_id in json.loads(payload)]
+    except (ValueError, TypeError) as e:
+        log.warning("ignoring a malformed notification on %s (%s): %.200s", CHANNEL, e, payload)
+        return []
+
+
+# -- connections ----------------------------------------------------------------------------
+
+
+class _TimedOut(Exception):
+    """An operation ran over the storage's ``timeout`` (raised by gevent.Timeout)."""
+
+
+class Connection:
+    """One server connection with its prepared statements (each SQL text is prepared once)."""
+
+    def __init__(self, raw: pg8000.native.Connection) -> None:
+        self.raw = raw
+        self._statements: dict[str, Any] = {}
+        #: Set when the connection cannot be trusted any more; the pool then drops it.
+        self.broken = False
+        #: Statements that succeeded since it was handed out (0: retrying is safe).
+        self.succeeded = 0
+
+    def run(self, sql: str, **params: Any) -> list[list[Any]]:
+        """Run ``sql`` (``:name`` placeholders) and return its rows (``[]`` for none)."""
+        statement = self._statements.get(sql)
+        if statement is None:
+            statement = self._statements[sql] = self.raw.prepare(sql)
+        rows = statement.run(**params)
+        self.succeeded += 1
+        return rows or []
+
+    def execute(self, sql: str) -> None:
+        """Run parameterless SQL (one or more statements) with the simple protocol."""
+        self.raw.run(sql)
+        self.succeeded += 1
+
+    def close(self) -> None:
+        """Close quietly (it may be broken already)."""
+        try:
+            self.raw.close()
+        except Exception as e:
+            log.debug("closing a connection: %s", e)
+
+
+def _fields(error: DatabaseError) -> dict[str, str]:
+    """The fields of a server error (pg8000 passes them as a dict: ``C`` the SQLSTATE, ``M`` the message)."""
+    return error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+
+
+def _database_error(error: DatabaseError, where: str) -> StorageError:
+    """The storage error for an error the server reported."""
+    fields = _fields(error)
+    code, message = str(fields.get("C", "")), fields.get("M", str(error))
+    if code in _TRANSIENT_CODES or code[:2] in _TRANSIENT_CLASSES:
+        return StorageUnavailableError(f"postgres at {where}: {message} ({code})")
+    return PostgresError(f"postgres: {message} ({code})", code)
+
+
+def _breaks_connection(error: BaseException) -> bool:
+    """Whether ``error`` leaves the connection unusable (network, protocol, server going away)."""
+    if isinstance(error, DatabaseError):
+        fields = _fields(error)
+        return fields.get("S") == "FATAL" or str(fields.get("C", ""))[:2] in ("08", "57")
+    return True
+
+
+class PostgresError(StorageError):
+    """An error reported by the server that retrying will not fix; ``code`` is its SQLSTATE."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ConnectionPool:
+    """At most ``size`` connections; callers wait up to ``wait_timeout`` seconds for a free one.
+
+    Idle connections are reused newest first. A connection marked broken is closed
+    instead of returned.
+    """
+
+    def __init__(self, connect: Callable[[], Connection], size: int, wait_timeout: float) -> None:
+        if size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self.size = size
+        self._connect = connect
+        self._wait_timeout = wait_timeout
+        self._slots = BoundedSemaphore(size)
+        self._idle: list[Connection] = []
+        self.closed = False
+
+    @contextmanager
+    def connection(self, fresh: bool = False) -> Iterator[tuple[Connection, bool]]:
+        """``(connection, reused)``: an idle connection (reused) or, when none or ``fresh``, a new one."""
+        if not self._slots.acquire(timeout=self._wait_timeout):
+            raise StorageUnavailableError(
+                f"postgres: all {self.size} connections busy for {self._wait_timeout:g} s (pool_size)"
+            )
+        conn: Connection | None = None
+        try:
+            reused = bool(self._idle) and not fresh
+            conn = self._idle.pop() if reused else self._connect()
+            conn.succeeded = 0
+            yield conn, reused
+        finally:
+            if conn is not None:
+                self._put_back(conn)
+            self._slots.release()
+
+    def _put_back(self, conn: Connection) -> None:
+        if conn.broken or self.closed:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        """Close the idle connections; the ones in use are closed when they come back."""
+        self.closed = True
+        while self._idle:
+            self._idle.pop().close()
+
+
+# -- the storage ----------------------------------------------------------------------------
+
+
+def _purge_loop(ref: weakref.ref[PostgresStorage], interval: float) -> None:
+    # A weak reference between rounds, so that a storage dropped without close() is collected.
+    while True:
+        gevent.sleep(interval)
+        storage = ref()
+        if storage is None or storage.closed:
+            return
+        storage._purge_round()
+        del storage
+
+
+class PostgresStorage(Storage):
+    """Kites, watches and key pairs in PostgreSQL, in the Go Kontrol's schema (see the module docstring).
+
+    ``settings`` says where to connect (see :meth:`from_url` for URLs and the
+    ``KONTROL_POSTGRES_*`` variables). ``pool_size`` bounds the connections for calls
+    (one more while anything watches); ``pool_timeout`` is how long a call waits for
+    one; ``timeout`` bounds each operation on the server; ``purge_interval`` is how often
+    expired kites are deleted and announced; ``ssl_context`` (an ``ssl.SSLContext``)
+    turns on TLS, off by default as in Go (``sslmode=disable``).
+    """
+
+    def __init__(
+        self,
+        settings: PostgresSettings,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,
+        purge_interval: float = DEFAULT_PURGE_INTERVAL,
+        ssl_context: Any = None,
+    ) -> None:
+        if purge_interval <= 0:
+            raise ValueError("purge_interval must be positive")
+        self.settings = settings
+        self._timeout = timeout
+        self._ssl_context = ssl_context if ssl_context is not None else False
+        self._pool = ConnectionPool(self._connect, pool_size, pool_timeout)
+        self._schema_ready = False
+        self._schema_lock = Semaphore()
+        self._hub = WatchHub(on_empty=self._stop_pump)
+        self._pump: EventPump | None = None
+        self._first_listener: list[Connection] = []
+        self.closed = False
+        try:
+            self._ensure_schema()
+        except StorageUnavailableError as e:
+            log.warning("%s: %s; creating the tables on first use", settings, e)
+        except BaseException:
+            self._pool.close()
+            raise
+        self._purge_failing = False
+        self._purger = gevent.spawn(_purge_loop, weakref.ref(self), purge_interval)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PostgresStorage:
+        """Open ``postgres://user:password@host:port/dbname`` (or ``postgresql://``).
+
+        A bare ``postgres``/``postgres://`` (or ``postgresql``) takes everything from the
+        Go Kontrol's variables ``KONTROL_POSTGRES_HOST`` (localhost), ``_PORT`` (5432),
+        ``_USERNAME`` and ``_DBNAME`` (both required), ``_PASSWORD`` and
+        ``_CONNECTTIMEOUT`` (20 s); they also fill in what a URL leaves out.
+        ``options`` go to the constructor.
+        """
+        return cls(PostgresSettings.from_url(url), **options)
+
+    # -- connections --------------------------------------------------------------------
+
+    def _connect(self, application_name: str = APPLICATION_NAME) -> Connection:
+        s = self.settings
+        try:
+            raw = pg8000.native.Connection(
+                s.user,
+                host=s.host,
+                port=s.port,
+                database=s.database,
+                password=s.password,
+                timeout=s.connect_timeout,
+                application_name=application_name,
+                ssl_context=self._ssl_context,
+            )
+        except DatabaseError as e:
+            raise _database_error(e, str(s)) from e
+        except (InterfaceError, OSError) as e:
+            raise StorageUnavailableError(f"cannot connect to {s}: {e}") from e
+        return Connection(raw)
+
+    def _run(self, work: Callable[[Connection], T], write: bool = False) -> T:
+        """Run ``work`` on a pooled connection (in a transaction when ``write``), mapping errors."""
+        if self.closed:
+            raise StorageError("storage is closed")
+        if not self._schema_ready:
+            self._ensure_schema()
+        return self._run_on_pool(work, write)
+
+    def _run_on_pool(self, work: Callable[[Connection], T], write: bool) -> T:
+        for attempt in (1, 2):
+            with self._pool.connection(fresh=attempt == 2) as (conn, reused):
+                try:
+                    return self._attempt(conn, work, write)
+                except _Retry as e:
+                    # An idle connection died (a restarted server, say) before the server did
+                    # anything for us: once more on a fresh one.
+                    if attempt == 1 and reused:
+                        log.debug("%s: a pooled connection failed (%s); retrying on a new one", self.settings, e)
+                        continue
+                    raise e.error from e.__cause__
+        raise AssertionError("unreachable")
+
+    def _attempt(self, conn: Connection, work: Callable[[Connection], T], write: bool) -> T:
+        try:
+            with gevent.Timeout(self._timeout, _TimedOut):
+                if write:
+                    conn.execute("BEGIN")
+                try:
+                    result = work(conn)
+                    if write:
+                        conn.execute("COMMIT")
+                    return result
+                except Exception as e:
+                    if write and not _breaks_connection_or_timeout(e):
+                        self._rollback(conn)
+                    raise
+                except BaseException:
+                    conn.broken = True  # killed mid-operation: the server rolls back when it goes
+                    raise
+        except _TimedOut as e:
+            conn.broken = True
+            raise StorageUnavailableError(f"{self.settings}: no answer within {self._timeout:g} s") from e
+        except DatabaseError as e:
+            conn.broken = _breaks_connection(e)
+            raise self._failure(conn, _database_error(e, str(self.settings))) from e
+        except (InterfaceError, OSError) as e:
+            conn.broken = True
+            raise self._failure(conn, StorageUnavailableError(f"{self.settings}: {e}")) from e
+
+    @staticmethod
+    def _failure(conn: Connection, error: StorageError) -> Exception:
+        """``error``, or a :class:`_Retry` of it when the connection broke before anything succeeded."""
+        return _Retry(error) if conn.broken and conn.succeeded == 0 else error
+
+    @staticmethod
+    def _rollback(conn: Connection) -> None:
+        try:
+            conn.execute("ROLLBACK")
+        except Exception as e:
+            log.debug("rollback failed: %s", e)
+            conn.broken = True
+
+    def _ensure_schema(self) -> None:
+        """Create what is missing of the schema (once per instance; concurrent Kontrols take turns)."""
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            self._run_on_pool(self._create_schema, write=True)
+            self._schema_ready = True
+
+    @staticmethod
+    def _create_schema(conn: Connection) -> None:
+        if not conn.run(_MISSING_OBJECTS, names=list(_SCHEMA_OBJECTS)):
+            return  # all there (perhaps made by the Go setup scripts): no DDL, no privileges needed
+        conn.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        conn.execute(_SCHEMA)
+        log.info("created the kite schema (tables kite.kite, kite.key)")
+
+    # -- kites --------------------------------------------------------------------------
+
+    @staticmethod
+    def _notify(conn: Connection, events: list[KiteEvent]) -> None:
+        for payload in event_payloads(events):
+            conn.run(_NOTIFY, payload=payload)
+
+    def _upsert_one(self, conn: Connection, record: KiteRecord, ttl: float | None) -> None:
+        params = _kite_params(record, ttl)
+        for _ in range(UPSERT_ATTEMPTS):
+            rows = conn.run(_UPDATE_KITE, **params)
+            if rows:
+                old, live = _record(rows[0]), rows[0][9]
+                events = change_events(old, record) if live else change_events(old, None) + change_events(None, record)
+                break
+            if conn.run(_INSERT_KITE, **params):
+                events = change_events(None, record)
+                break
+            # Inserted by someone else since our UPDATE: update that row.
+        else:
+            raise StorageError(f"kite {record.kite.id}: too many concurrent updates")
+        self._notify(conn, events)
+
+    def _write_kites(self, records: list[KiteRecord], ttl: float | None) -> None:
+        def work(conn: Connection) -> None:
+            for record in records:
+                self._upsert_one(conn, record, ttl)
+
+        try:
+            self._run(work, write=True)
+        except PostgresError as e:
+            if e.code == "23503":  # foreign key: kite.kite.key_id -> kite.key.id
+                raise InvalidKiteError(f"{e}: register kites under the id of a stored key pair") from None
+            raise
+
+    def upsert(self, kite: KiteIdentity, url: str, key_id: str = "", ttl: float | None = None) -> None:
+        check_kite(kite, url)
+        ttl = check_ttl(ttl)
+        record = KiteRecord(KiteIdentity(**kite.to_wire()), url, key_id)
+        _check_ids(record)
+        self._write_kites([record], ttl)
+
+    def upsert_many(self, records: Iterable[KiteRecord], ttl: float | None = None) -> None:
+        """Upsert each record in its own transaction, ``pool_size`` at a time; raise the first failure."""
+        ttl = check_ttl(ttl)
+        copies = [KiteRecord(KiteIdentity(**r.kite.to_wire()), r.url, r.key_id) for r in records]
+        for r in copies:
+            check_kite(r.kite, r.url)
+            _check_ids(r)
+
+        def one(r: KiteRecord) -> StorageError | None:
+            try:
+                self._write_kites([r], ttl)
+            except StorageError as e:
+                return e
+            return None
+
+        errors = [e for e in Pool(self._pool.size).imap_unordered(one, copies) if e is not None]
+        if errors:
+            raise errors[0]
+
+    def refresh(self, kite: KiteRef, ttl: float | None) -> bool:
+        ttl = check_ttl(ttl)
+        kid = kite_id(kite)
+        if not is_uuid(kid):
+            return False
+        return bool(self._run(lambda conn: conn.run(_REFRESH_KITE, id=kid, ttl=ttl)))
+
+    def delete(self, kite: KiteRef) -> bool:
+        kid = kite_id(kite)
+        if not is_uuid(kid):
+            return False
+
+        def work(conn: Connection) -> bool:
+            rows = conn.run(_DELETE_KITE, id=kid)
+            if not rows:
+                return False
+            self._notify(conn, change_events(_record(rows[0]), None))
+            return bool(rows[0][9])
+
+        return self._run(work, write=True)
+
+    def _scan(self, prefix: tuple[str, ...]) -> Iterable[KiteRecord]:
+        if len(prefix) == len(PATH_FIELDS) and not is_uuid(prefix[-1]):
+            return []
+        params = dict(zip(PATH_FIELDS, prefix, strict=False))
+        rows = self._run(lambda conn: conn.run(_SCANS[len(prefix)], **params))
+        return [_record(row) for row in rows]
+
+    def get_by_id(self, kite_id: str) -> KiteRecord | None:
+        if not is_uuid(kite_id):
+            return None
+        rows = self._run(lambda conn: conn.run(_GET_KITE, id=kite_id))
+        return _record(rows[0]) if rows else None
+
+    def count(self) -> int:
+        return int(self._run(lambda conn: conn.run(_COUNT_KITES))[0][0])
+
+    def purge_expired(self) -> int:
+        """Delete the expired kites now, announce them (``DEREGISTER``), and return how many there were."""
+
+        def work(conn: Connection) -> int:
+            rows = conn.run(_PURGE_KITES)
+            self._notify(conn, [e for row in rows for e in change_events(_record(row), None)])
+            return len(rows)
+
+        purged = self._run(work, write=True)
+        if purged:
+            log.debug("purged %d expired kites", purged)
+        return purged
+
+    def _purge_round(self) -> None:
+        """One round of the purger: an outage is logged when it starts and when it ends."""
+        try:
+            self.purge_expired()
+        except StorageUnavailableError as e:
+            if not self._purge_failing:
+                log.warning("purging expired kites: %s (retrying every round)", e)
+            self._purge_failing = True
+            return
+        except Exception:
+            log.exception("purging expired kites failed")
+            return
+        if self._purge_failing:
+            log.info("purging expired kites works again")
+        self._purge_failing = False
+
+    # -- watches ------------------------------------------------------------------------
+
+    def watch(self, query: QueryLike, callback: WatchCallback) -> Watcher:
+        q = KontrolQuery.coerce(query).validate()
+        if self.closed:
+            raise StorageError("storage is closed")
+        if self._pump is None:
+            # LISTEN before returning, so that every change committed from now on reaches us.
+            self._first_listener.append(self._listen())
+            self._pump = EventPump(f"postgres watch {self.settings}", self._follow, 0, self._hub.publish)
+        return self._hub.add(q, callback)
+
+    def _listen(self) -> Connection:
+        conn = self._connect(LISTENER_NAME)
+        conn.raw.notifications = deque()  # unbounded: pg8000's own keeps only the last 100
+        try:
+            with gevent.Timeout(self._timeout, _TimedOut):
+                conn.execute(f"LISTEN {CHANNEL}")
+        except (_TimedOut, DatabaseError, InterfaceError, OSError) as e:
+            conn.close()
+            raise StorageUnavailableError(f"{self.settings}: cannot LISTEN: {e}") from e
+        return conn
+
+    def _follow(self, start: int) -> Iterator[tuple[int, list[KiteEvent]]]:
+        """The notifications as events, on the listener connection (see :data:`kontrol.storage.watch.Follow`)."""
+        conn = self._first_listener.pop() if self._first_listener else self._listen()
+        try:
+            while True:
+                _wait_readable(conn, LISTEN_POLL_INTERVAL)
+                with gevent.Timeout(self._timeout, _TimedOut):
+                    conn.execute("")  # a round trip: pg8000 reads the notifications that came
+                events = self._drain(conn)
+                if events:
+                    yield 0, events
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _drain(conn: Connection) -> list[KiteEvent]:
+        events: list[KiteEvent] = []
+        notifications = conn.raw.notifications
+        while notifications:
+            _pid, channel, payload = notifications.popleft()
+            if channel == CHANNEL:
+                events += decode_events(payload)
+        return events
+
+    def _stop_pump(self) -> None:
+        if self._pump is not None:
+            self._pump.stop()
+            self._pump = None
+        while self._first_listener:
+            self._first_listener.pop().close()
+
+    # -- key pairs ----------------------------------------------------------------------
+
+    def add_key_pair(self, id: str, public: str, private: str) -> KeyPair:
+        pair = new_key_pair(id, public, private)
+        if not is_uuid(pair.id):
+            raise KeyPairError(f"key pair id {pair.id!r} is not a UUID (the postgres storage keeps ids as uuid)")
+        try:
+            rows = self._run(
+                lambda conn: conn.run(_INSERT_KEY, id=pair.id, public=pair.public, private=pair.private), write=True
+            )
+        except PostgresError as e:
+            if e.code == "23505":  # unique: the id, the public or the private key
+                raise KeyPairExistsError(f"key pair {pair.id} or its public or private key already exists") from None
+            raise
+        return _key_pair(rows[0])
+
+    def _find(self, sql: str, **params: str) -> KeyPair:
+        rows = self._run(lambda conn: conn.run(sql, **params))
+        if not rows:
+            raise KeyPairNotFoundError()
+        return _key_pair(rows[0])
+
+    def get_key_pair(self, id: str) -> KeyPair:
+        if not is_uuid(id):
+            raise KeyPairNotFoundError()
+        return check_usable(self._find(_KEY_BY_ID, id=id))
+
+    def get_key_pair_by_public(self, public: str) -> KeyPair:
+        return check_usable(self._find(_KEY_BY_PUBLIC, public=public.strip()))
+
+    def delete_key_pair(self, id: str) -> None:
+        if not is_uuid(id) or not self._run(lambda conn: conn.run(_DELETE_KEY, id=id)):
+            raise KeyPairNotFoundError()
+
+    def list_key_pairs(self, include_deleted: bool = False) -> list[KeyPair]:
+        rows = self._run(lambda conn: conn.run(_ALL_KEYS))
+        return newest_first((_key_pair(row) for row in rows), include_deleted)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def ping(self) -> None:
+        self._run(lambda conn: conn.run("SELECT 1"))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._purger.kill(block=False)
+        self._hub.close()
+        self._stop_pump()
+        self._pool.close()
+        gevent.sleep(0)  # let the killed listener unwind and close its connection
+
+    def __repr__(self) -> str:
+        return f"PostgresStorage({self.settings})"
+
+
+class _Retry(Exception):
+    """Internal: ``error`` happened on a connection that broke before the server did anything."""
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _breaks_connection_or_timeout(error: BaseException) -> bool:
+    return isinstance(error, _TimedOut | gevent.Timeout) or (
+        isinstance(error, DatabaseError | InterfaceError | OSError) and _breaks_connection(error)
+    )
+
+
+def _wait_readable(conn: Connection, timeout: float) -> None:
+    """Wait until the server sent something (a notification), at most ``timeout`` seconds."""
+    sock = getattr(conn.raw, "_usock", None)  # pg8000's socket; without it, just poll
+    if sock is None:
+        gevent.sleep(timeout)
+        return
+    try:
+        wait_read(sock.fileno(), timeout=timeout)
+    except OSError:
+        pass  # timed out (socket.timeout is an OSError), or closed: the round trip will tell
+
+
+__all__ = [
+    "CHANNEL",
+    "GO_KEY_TTL",
+    "ConnectionPool",
+    "PostgresError",
+    "PostgresSettings",
+    "PostgresStorage",
+    "decode_events",
+    "event_payloads",
+    "is_uuid",
+]
+
