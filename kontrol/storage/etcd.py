@@ -1,4 +1,4 @@
-"""etcd v3 storage through ``etcd3gw`` (etcd's HTTP/JSON gateway, etcd >= 3.4).
+"""etcd v3 storage through etcd's HTTP/JSON gateway (etcd >= 3.4; :mod:`kontrol.storage.etcdhttp`).
 
 Key layout under ``prefix`` (default ``/kontrol``), all readable with ``etcdctl``:
 
@@ -28,16 +28,14 @@ outages.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import gevent
-import requests
-from etcd3gw import exceptions as etcd3_exceptions
-from etcd3gw.client import Etcd3Client
 
 from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
@@ -58,6 +56,7 @@ from .base import (
     whole_seconds,
 )
 from .errors import KeyPairExistsError, KeyPairNotFoundError, StorageError, StorageUnavailableError
+from .etcdhttp import API_PATH, EtcdHttp, EtcdHttpError, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,17 @@ TXN_ATTEMPTS = 20
 #: Keys fetched per range request, so a huge registry is read in bounded responses.
 RANGE_PAGE_SIZE = 1000
 
-T = TypeVar("T")
+
+
+def _etcd_message(text: str) -> str:
+    """The ``error``/``message`` of an etcd error body (the body itself when it is not one)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:300]
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("error") or text[:300])
+    return text[:300]
 
 
 def _revision_of(result: dict[str, Any]) -> int:
@@ -111,9 +120,9 @@ class EtcdStorage(common.EtcdStorageBase):
     ) -> None:
         super().__init__(host, port, protocol, timeout, pool_size)
         self._tls = {"verify": ca_cert or True, "cert": cert}
-        self._client = Etcd3Client(host=host, port=port, protocol=protocol, timeout=timeout)
-        self._client.session.close()
-        self._client.session = common.bounded_session(pool_size, **self._tls)
+        context = tls_context(ca_cert, cert) if protocol == "https" else None
+        self._http = EtcdHttp(host, port, protocol, timeout=timeout, pool_size=pool_size, ssl_context=context)
+        self._watch_url = f"{protocol}://{host}:{port}{API_PATH}/watch"
         root = prefix.rstrip("/")
         self._kites = f"{root}/kites/"
         self._ids = f"{root}/kite-ids/"
@@ -124,25 +133,18 @@ class EtcdStorage(common.EtcdStorageBase):
 
     # -- transport ----------------------------------------------------------------------
 
-    def _call(self, fn: Callable[[], T]) -> T:
-        """Run one etcd request, mapping failures to storage errors."""
-        for attempt in (1, 2):
-            try:
-                return fn()
-            except etcd3_exceptions.ConnectionFailedError as e:
-                if attempt == 1:  # a pooled connection may have died with a restarted etcd
-                    continue
-                raise StorageUnavailableError(f"etcd at {self._where} unavailable: {e.detail_text or e}") from e
-            except etcd3_exceptions.ConnectionTimeoutError as e:
-                raise StorageUnavailableError(f"etcd at {self._where} timed out: {e.detail_text or e}") from e
-            except etcd3_exceptions.Etcd3Exception as e:
-                raise StorageError(f"etcd: {e.detail_text or e}") from e
-            except requests.RequestException as e:
-                raise StorageUnavailableError(f"etcd at {self._where}: {e}") from e
-        raise AssertionError("unreachable")
-
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return self._call(lambda: self._client.post(self._client.get_url(path), json=payload))
+        """One etcd request, its failures mapped to storage errors."""
+        try:
+            return self._http.post(path, payload)
+        except EtcdHttpError as e:
+            if e.status in (502, 503, 504):  # gRPC Unavailable / DeadlineExceeded: no leader, member down
+                raise StorageUnavailableError(f"etcd at {self._where}: {e}") from e
+            raise StorageError(f"etcd: {_etcd_message(e.text)}") from e
+        except TimeoutError as e:
+            raise StorageUnavailableError(f"etcd at {self._where} timed out: {e}") from e
+        except (OSError, http.client.HTTPException) as e:
+            raise StorageUnavailableError(f"etcd at {self._where} unavailable: {e}") from e
 
     def _range(self, key: str, prefix: bool = False, **options: Any) -> dict[str, Any]:
         payload: dict[str, Any] = {"key": wire.b64(key), **options}
@@ -332,7 +334,7 @@ class EtcdStorage(common.EtcdStorageBase):
     def _follow(self, start: int) -> Iterator[tuple[int, list[KiteEvent]]]:
         return wire.follow_watch(
             common.bounded_session(1, **self._tls, keepalive=True),
-            self._client.get_url("/watch"),
+            self._watch_url,
             self._kites,
             start,
             (self._timeout, common.WATCH_READ_TIMEOUT),
@@ -380,5 +382,5 @@ class EtcdStorage(common.EtcdStorageBase):
     # -- lifecycle ----------------------------------------------------------------------
 
     def _close_connections(self) -> None:
-        self._client.session.close()
+        self._http.close()
         gevent.sleep(0)  # let killed greenlets unwind and close their connections
