@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from kite import AuthenticationError, GenericError, KiteError, Request
 from kite.auth import kite_key_claims
+from kite.wire.jws import decode_jwt
 from kite.wire.protocol import KiteIdentity
 
 from .registry import WEBSOCKET
@@ -54,9 +55,11 @@ def resolve_key_pair(kontrol: Kontrol, kite_key: str) -> tuple[KeyPair, dict[str
     """The pair a kite key belongs to, re-signing the key if that pair was retired (§5.7, §7.2).
 
     Returns the pair to register under and the extra RegisterResult fields
-    (``kiteKey``/``publicKey``) to hand back.
+    (``kiteKey``/``publicKey``) to hand back. The key is verified by Kontrol's verifier,
+    whose cached verdict the caller's authentication left (no second RSA check per register).
     """
-    claims = kite_key_claims(kite_key, leeway=kontrol.kite.config.auth_leeway)
+    kontrol.kite.verifier.verify_kite_key(kite_key)
+    claims = decode_jwt(kite_key).claims
     public = claims.get("kontrolKey", "")
     try:
         return kontrol.keypairs.by_public(public), {}
