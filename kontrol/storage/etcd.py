@@ -123,6 +123,9 @@ class EtcdStorage(common.EtcdStorageBase):
         context = tls_context(ca_cert, cert) if protocol == "https" else None
         self._http = EtcdHttp(host, port, protocol, timeout=timeout, pool_size=pool_size, ssl_context=context)
         self._watch_url = f"{protocol}://{host}:{port}{API_PATH}/watch"
+        #: Kite id -> (lease, TTL) of this instance's last write of it: a refresh keeps that lease
+        #: alive in one round trip; on any doubt (expired, replaced) it reads the id index.
+        self._leases: dict[str, tuple[int, int]] = {}
         root = prefix.rstrip("/")
         self._kites = f"{root}/kites/"
         self._ids = f"{root}/kite-ids/"
@@ -238,19 +241,27 @@ class EtcdStorage(common.EtcdStorageBase):
             raise
         if self.replica is not None:
             self.replica.put(record, revision)  # read your own writes, before the feed brings it
+        self._remember_lease(record.kite.id, lease, whole_seconds(ttl) if ttl is not None else None)
         if old is not None and old.lease != lease:
             self._revoke_quietly(old.lease)
 
     def refresh(self, kite: KiteRef, ttl: float | None) -> bool:
         ttl = check_ttl(ttl)
         kid = kite_id(kite)
+        wanted = whole_seconds(ttl) if ttl is not None else None
+        known = self._leases.get(kid)
+        if wanted is not None and known is not None and known[1] == wanted and self._keep_alive(known[0]):
+            return True  # the lease of our own last write, alive: one round trip
+        self._leases.pop(kid, None)
         for _ in common.retries(TXN_ATTEMPTS):
             entry = self._index(kid)
             if entry is None:
                 return False
-            wanted = whole_seconds(ttl) if ttl is not None else None
             if wanted is not None and entry.lease and entry.ttl == wanted:
-                return self._keep_alive(entry.lease)
+                if self._keep_alive(entry.lease):
+                    self._leases[kid] = (entry.lease, wanted)
+                    return True
+                return False
             if wanted is None and not entry.lease:
                 return True
             lease = self._grant(ttl) if ttl is not None else 0
@@ -261,9 +272,17 @@ class EtcdStorage(common.EtcdStorageBase):
                 raise
             if swapped:
                 self._revoke_quietly(entry.lease)
+                self._remember_lease(kid, lease, wanted)
                 return True
             self._revoke_quietly(lease)
         raise common.contended(f"kite {kid}")
+
+    def _remember_lease(self, kid: str, lease: int, ttl: int | None) -> None:
+        """Note the lease of our own write of kite ``kid``, so its refresh is one keep-alive."""
+        if lease and ttl is not None:
+            self._leases[kid] = (lease, ttl)
+        else:
+            self._leases.pop(kid, None)
 
     def _rewrite(self, entry: _Index, lease: int, ttl: int | None) -> bool:
         """Move both keys of an unchanged entry to ``lease``; False if the entry changed meanwhile."""
@@ -281,6 +300,7 @@ class EtcdStorage(common.EtcdStorageBase):
             ops = [wire.delete(self._path_key(entry.record.kite)), wire.delete(self._ids + kid)]
             result = self._txn([wire.unchanged(self._ids + kid, entry.mod_revision)], ops)
             if result.get("succeeded"):
+                self._leases.pop(kid, None)
                 if self.replica is not None:
                     self.replica.remove(entry.record.kite, _revision_of(result))
                 self._revoke_quietly(entry.lease)

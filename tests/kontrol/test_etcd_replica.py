@@ -248,3 +248,18 @@ def test_a_compaction_past_the_feed_lists_again_and_watchers_miss_nothing(pair, 
     wait_until(lambda: sorted((e.action, e.kite.id) for e in events) == [(DEREGISTER, "id-1"), (REGISTER, "id-3")],
                5, lambda: f"{events}")
     assert replicated.get_by_id("id-1") is None and replicated.get_by_id("id-3") is not None
+
+
+def test_a_refresh_of_our_own_write_is_one_keep_alive_and_safe_when_another_writer_moved_it(pair):
+    replicated, direct = pair
+    replicated.upsert(kite(7), "http://g/kite", ttl=30)
+    calls: list[str] = []
+    original = replicated._post
+    replicated._post = lambda path, payload: calls.append(path) or original(path, payload)
+    assert replicated.refresh(kite(7), 30) and calls == ["/lease/keepalive"]
+    direct.upsert(kite(7), "http://moved/kite", ttl=30)  # another Kontrol: a new lease, ours revoked
+    calls.clear()
+    assert replicated.refresh(kite(7), 30)  # our lease is gone: it reads the index and keeps theirs alive
+    assert calls[0] == "/lease/keepalive" and "/kv/range" in calls
+    direct.delete(kite(7))
+    assert not replicated.refresh(kite(7), 30)
