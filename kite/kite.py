@@ -92,6 +92,9 @@ class Kite(KontrolMethods):
         #: Connections to the tunnel proxies this kite registered with: the only peers whose
         #: ``kite.tunnel`` it obeys (:mod:`kite.handlers`).
         self._tunnel_proxies: weakref.WeakSet[Client] = weakref.WeakSet()
+        #: Bind with ``SO_REUSEPORT`` (:meth:`run`): several processes may then serve one port,
+        #: the kernel spreading connections over them (``kontrol --workers``).
+        self.reuse_port = False
         self._methods: dict[str, Method] = {}
         self._pre_handlers: list[Handler] = []
         self._post_handlers: list[Handler] = []
@@ -378,7 +381,8 @@ class Kite(KontrolMethods):
         with TLS when set. Subclasses may return one with other options (a handler class, say)."""
         from .transport.wsgi import make_server
 
-        return make_server(self, self.config.ip, self.config.port, ssl_context=self._ssl_context)
+        return make_server(self, self.config.ip, self.config.port, ssl_context=self._ssl_context,
+                           reuse_port=self.reuse_port)
 
     def server_ready_notify(self) -> Event:
         """An event set once :meth:`run` listens (``port`` is then the bound port)."""

@@ -30,6 +30,7 @@ from kite.config import Config  # noqa: E402
 from .keypairs import generate_pem_pair  # noqa: E402
 from .kontrol import DEFAULT_PORT, Kontrol, MachineAuthenticator  # noqa: E402
 from .machines import password_authenticator  # noqa: E402
+from .supervisor import Supervisor  # noqa: E402
 
 log = logging.getLogger("kontrol")
 
@@ -56,6 +57,9 @@ OPTIONS = [
     ("machine-password-file", "MACHINE_PASSWORD_FILE", "",
      "open registerMachine (kitecli register) to callers who send the password in this file"),
     ("machine-users", "MACHINE_USERS", "", "with --machine-password-file: only these users (comma-separated)"),
+    ("workers", "WORKERS", "0",
+     "processes serving the port (SO_REUSEPORT) on the shared storage; 0: one per CPU. memory and sqlite "
+     "storage run one process (an in-memory store cannot be shared; sqlite takes one writer)"),
 ]
 
 
@@ -196,9 +200,46 @@ def main(argv: list[str] | None = None) -> None:
     if args.initial:
         initial(args)
         return
-    kontrol = build(args)
+    workers = worker_count(args)
+    if workers > 1:
+        for handler in logging.getLogger().handlers:  # tell the processes apart
+            handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s"))
+        build(args).storage.close()  # key pairs made and stored once, before any worker starts
+        log.info("storage: %s; %d workers on port %d", storage_url(args), workers, args.port or DEFAULT_PORT)
+        status = Supervisor(workers, lambda index: serve(args, index)).run()
+        log.info("kontrol stopped")
+        sys.exit(status)
     log.info("storage: %s", storage_url(args))
+    serve(args)
+    log.info("kontrol stopped")
+
+
+#: Storage schemes several processes can share (the others run one process).
+SHARED_STORAGES = ("etcd://", "etcd2://", "postgres", "postgresql")
+
+
+def worker_count(args: argparse.Namespace) -> int:
+    """How many processes to run: ``--workers`` (0: one per CPU), 1 for memory and sqlite."""
+    url = storage_url(args)
+    try:
+        asked = int(args.workers)
+    except ValueError:
+        sys.exit(f"kontrol: --workers must be a number, not {args.workers!r}")
+    wanted = asked if asked > 0 else os.cpu_count() or 1
+    if not url.startswith(SHARED_STORAGES):
+        if asked > 1:
+            log.warning("--workers %s: storage %s runs in one process", args.workers, url)
+        return 1
+    return wanted
+
+
+def serve(args: argparse.Namespace, index: int | None = None) -> int:
+    """Build and run one Kontrol until SIGTERM/SIGINT (``index``: a ``--workers`` process)."""
+    kontrol = build(args)
+    if index is not None:
+        kontrol.kite.reuse_port = True
+        kontrol.register_self = index == 0
     gevent.signal_handler(signal.SIGTERM, kontrol.close)
     gevent.signal_handler(signal.SIGINT, kontrol.close)
     kontrol.run()
-    log.info("kontrol stopped")
+    return 0

@@ -89,6 +89,8 @@ class Kontrol:
         self.machine_authenticator = machine_authenticator
         #: The URL Kontrol registers for itself ("": ``kontrol_url``); see the class docstring.
         self.register_url = register_url
+        #: Register Kontrol's own entry once serving (``--workers``: only the first process does).
+        self.register_self = True
         self._self_registration: gevent.Greenlet | None = None
         self._closing = False
         self._watchers: dict[Client, dict[str, Watcher]] = {}
@@ -201,7 +203,8 @@ class Kontrol:
         if not self.kite.config.kontrol_key:
             self.kite.config.kontrol_key = self.keypairs.current().public
         self.registry.start()
-        self._self_registration = gevent.spawn(self._register_self)
+        if self.register_self:
+            self._self_registration = gevent.spawn(self._register_self)
         self.kite.run()
 
     def _register_self(self) -> None:

@@ -12,7 +12,11 @@ is made to agree with it:
 * a refresh that fails because the storage is unavailable is retried soon,
   and the kite stays live in memory meanwhile;
 * a kite registered over a websocket is deleted as soon as its connection
-  closes; one registered over HTTP expires when it stops heartbeating.
+  closes; one registered over HTTP expires when it stops heartbeating;
+* an HTTP heartbeat of a kite this registry does not know, but the storage has
+  (registered through another Kontrol process on the same storage -- another
+  ``--workers`` process, or this one before a restart), adopts it: ``pong``, not
+  ``registeragain``, and this registry keeps it refreshed from then on.
 """
 
 from __future__ import annotations
@@ -128,13 +132,29 @@ class Registry:
             self._entries[kite.id] = Entry(kite, url, key_id, kind, now, self._next(now), written=True)
 
     def seen(self, kite_id: str) -> bool:
-        """A heartbeat from ``kite_id``: ``False`` if it is not registered here (→ "registeragain")."""
+        """A heartbeat from ``kite_id``: ``False`` if neither this registry nor the storage has it
+        (→ "registeragain")."""
         entry = self._entries.get(kite_id)
         if entry is None:
-            return False
+            return self._adopt(kite_id)
         entry.last_seen = time.monotonic()
         if not entry.written:
             entry.next_refresh = 0.0  # rewrite it at the next tick
+        return True
+
+    def _adopt(self, kite_id: str) -> bool:
+        """Take over the HTTP kite ``kite_id`` from the storage; ``False`` if it is not there."""
+        try:
+            record = self.storage.get_by_id(kite_id)
+        except StorageError as exc:
+            log.warning("looking up heartbeating kite %s failed: %s", kite_id, exc)
+            return False
+        if record is None:
+            return False
+        now = time.monotonic()
+        self._entries[kite_id] = Entry(record.kite, record.url, record.key_id, HTTP, now, self._next(now),
+                                       written=True)
+        log.debug("%s heartbeats here: adopted from the storage", record.kite)
         return True
 
     def deregister(self, kite_id: str) -> None:

@@ -65,12 +65,17 @@ class _CooperativeSSLContext:
         return gssl.SSLSocket(sock=sock, server_side=server_side, _context=self.context, **kwargs)
 
 
-def make_server(app: Any, host: str = "127.0.0.1", port: int = 0, ssl_context: Any = None, **kwargs: Any) -> WSGIServer:
+def make_server(
+    app: Any, host: str = "127.0.0.1", port: int = 0, ssl_context: Any = None, reuse_port: bool = False,
+    **kwargs: Any,
+) -> WSGIServer:
     """A gevent WSGI server for ``app`` on ``host:port``, not yet started.
 
     ``host`` may be IPv4 or IPv6 (``"::1"``). Port 0 picks a free port: read
     ``server.server_port`` after ``server.start()``. With ``ssl_context`` (an
     :class:`ssl.SSLContext` holding the certificate) the server speaks TLS.
+    ``reuse_port``: bind with ``SO_REUSEPORT``, so several processes serve one port and the
+    kernel spreads the connections over them (the socket is bound here, not at ``start()``).
     Errors go to the ``kite.server`` logger, access lines to ``kite.server.access``. Extra keyword
     arguments go to :class:`gevent.pywsgi.WSGIServer`.
     """
@@ -81,7 +86,31 @@ def make_server(app: Any, host: str = "127.0.0.1", port: int = 0, ssl_context: A
     environ = {"SERVER_NAME": host or "0.0.0.0", **kwargs.pop("environ", {})}
     if ssl_context is not None:
         kwargs["ssl_context"] = _CooperativeSSLContext(ssl_context)
-    return WSGIServer((host, port), app, environ=environ, **kwargs)
+    listener: Any = (host, port)
+    if reuse_port:
+        listener = _reuse_port_listener(host, port)
+    return WSGIServer(listener, app, environ=environ, **kwargs)
+
+
+#: Connections waiting to be accepted, per listening socket (gevent's default).
+LISTEN_BACKLOG = 256
+
+
+def _reuse_port_listener(host: str, port: int) -> Any:
+    """A listening socket on ``host:port`` with ``SO_REUSEADDR`` and ``SO_REUSEPORT``."""
+    from gevent import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 try:  # gunicorn is optional: `import kite.transport.wsgi` must work without it
