@@ -13,7 +13,7 @@ from kite import Client, Config, Kite, Request
 from kite.wire.protocol import KiteIdentity
 
 from . import handlers
-from .http import blueprint
+from .http import blueprint, wsgi_routes
 from .keypairs import KeyPairs
 from .registry import HEARTBEAT_INTERVAL, SELF, Registry
 from .storage import (
@@ -106,7 +106,9 @@ class Kontrol:
             k.handle_func(name, self._bind(fn))
         k.handle_func("registerMachine", self._bind(handlers.handle_register_machine)).disable_authentication()
         k.on_disconnect(self._on_disconnect)
-        k.app.register_blueprint(blueprint(self))
+        k.app.register_blueprint(blueprint(self))  # served by Flask for other methods (405)
+        for path, app in wsgi_routes(self).items():
+            k.handle_wsgi(path, app)
 
     def _bind(self, fn: Callable[[Kontrol, Request], Any]) -> Callable[[Request], Any]:
         return lambda r: fn(self, r)

@@ -292,3 +292,36 @@ def test_a_kite_registering_while_get_kites_reads_still_reaches_the_watcher(kont
     assert result["kites"] == []
     wait_until(lambda: [e["result"]["kite"]["id"] for e in events] == [late.id])
     bc.close()
+
+
+def test_the_fast_http_routes_answer_exactly_as_the_blueprint(kontrol):
+    """Kontrol serves /register and /heartbeat without Flask; a Flask app mounting the blueprint gets
+    the same status, content type and body for every input."""
+    from flask import Flask
+
+    from kontrol.http import blueprint
+
+    app = Flask("mounted")
+    app.register_blueprint(blueprint(kontrol))
+    mounted = app.test_client()
+    math = make_kite(kontrol, "alice", serve=False)
+    good = {"url": "http://127.0.0.1:9/kite", "kite": math.kite().to_wire(),
+            "auth": {"type": "kiteKey", "key": math.config.kite_key}}
+    cases = [
+        ("post", "/register", {"data": json.dumps(good)}),
+        ("post", "/register", {"data": "{not json"}),
+        ("post", "/register", {"data": json.dumps({**good, "auth": {"type": "token"}})}),
+        ("post", "/register", {"data": json.dumps({**good, "auth": {"type": "kiteKey", "key": "x.y.z"}})}),
+        ("post", "/register", {"data": json.dumps({**good, "url": ""})}),
+        ("get", "/heartbeat", {"params": {"id": math.id}}),
+        ("get", "/heartbeat", {"params": {"id": "nope"}}),
+        ("get", "/heartbeat", {}),
+        ("get", "/register", {}),
+        ("post", "/heartbeat", {}),
+    ]
+    for method, path, options in cases:
+        served = getattr(requests, method)(http_base(kontrol) + path, timeout=5, **options)
+        flask_options = {"query_string": options["params"]} if "params" in options else dict(options)
+        expected = getattr(mounted, method)(path, **flask_options)
+        assert (served.status_code, served.headers["Content-Type"], served.text) == (
+            expected.status_code, expected.headers["Content-Type"], expected.get_data(as_text=True)), (method, path)
