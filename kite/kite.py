@@ -96,6 +96,7 @@ class Kite(KontrolMethods):
         #: the kernel spreading connections over them (``kontrol --workers``).
         self.reuse_port = False
         self._wsgi_routes: dict[str, WSGIApplication] = {}
+        self._on_bound: list[Callable[[], Any]] = []
         self._methods: dict[str, Method] = {}
         self._pre_handlers: list[Handler] = []
         self._post_handlers: list[Handler] = []
@@ -329,6 +330,12 @@ class Kite(KontrolMethods):
             return route(environ, start_response)
         return self.app(environ, start_response)
 
+    def on_bound(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Run ``fn()`` in :meth:`run` once the port is bound (``port`` is known), before the first
+        connection is accepted: what must be true when the kite answers (Kontrol's own entry)."""
+        self._on_bound.append(fn)
+        return fn
+
     def handle_wsgi(self, path: str, app: WSGIApplication) -> None:
         """Serve the WSGI application ``app`` at exactly ``path``, ahead of the Flask app: for
         endpoints hit so often that Flask's routing and request objects (~100 µs) matter."""
@@ -377,6 +384,9 @@ class Kite(KontrolMethods):
             print(self.version)
             return
         self._server = self._make_server()
+        self._server.init_socket()  # bound and listening: connections queue until it accepts
+        for fn in self._on_bound:
+            fn()
         self._server.start()
         self.log.info("serving %s %s on %s", self.name, self.version, self.url)
         self._ready.set()

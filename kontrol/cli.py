@@ -21,6 +21,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import uuid  # noqa: E402
 
 import gevent  # noqa: E402
 
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
             handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s"))
         build(args).storage.close()  # key pairs made and stored once, before any worker starts
         log.info("storage: %s; %d workers on port %d", storage_url(args), workers, args.port or DEFAULT_PORT)
-        status = Supervisor(workers, lambda index: serve(args, index)).run()
+        kontrol_id = str(uuid.uuid4())  # one Kontrol to its callers: one identity, one registry entry
+        status = Supervisor(workers, lambda index: serve(args, kontrol_id)).run()
         log.info("kontrol stopped")
         sys.exit(status)
     log.info("storage: %s", storage_url(args))
@@ -233,12 +235,13 @@ def worker_count(args: argparse.Namespace) -> int:
     return wanted
 
 
-def serve(args: argparse.Namespace, index: int | None = None) -> int:
-    """Build and run one Kontrol until SIGTERM/SIGINT (``index``: a ``--workers`` process)."""
+def serve(args: argparse.Namespace, worker_of: str = "") -> int:
+    """Build and run one Kontrol until SIGTERM/SIGINT (``worker_of``: the kite id shared by the
+    ``--workers`` processes, each of which registers the same entry)."""
     kontrol = build(args)
-    if index is not None:
+    if worker_of:
         kontrol.kite.reuse_port = True
-        kontrol.register_self = index == 0
+        kontrol.kite.id = worker_of
     gevent.signal_handler(signal.SIGTERM, kontrol.close)
     gevent.signal_handler(signal.SIGINT, kontrol.close)
     kontrol.run()

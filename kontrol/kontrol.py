@@ -89,7 +89,7 @@ class Kontrol:
         self.machine_authenticator = machine_authenticator
         #: The URL Kontrol registers for itself ("": ``kontrol_url``); see the class docstring.
         self.register_url = register_url
-        #: Register Kontrol's own entry once serving (``--workers``: only the first process does).
+        #: Register Kontrol's own entry before it accepts its first connection (:meth:`run`).
         self.register_self = True
         self._self_registration: gevent.Greenlet | None = None
         self._closing = False
@@ -206,21 +206,31 @@ class Kontrol:
             self.kite.config.kontrol_key = self.keypairs.current().public
         self.registry.start()
         if self.register_self:
-            self._self_registration = gevent.spawn(self._register_self)
+            self.kite.on_bound(self._register_self_first)
         self.kite.run()
 
+    def _register_self_first(self) -> None:
+        """Bound, not yet accepting: put Kontrol's own entry in the registry, so that whoever reaches
+        Kontrol finds it listed; if the storage refuses, go on and retry in the background."""
+        if not self._register_self_once():
+            self._self_registration = gevent.spawn(self._register_self)
+
     def _register_self(self) -> None:
-        """Once serving, put Kontrol's own entry in the registry (retried while the storage refuses)."""
-        self.kite.server_ready_notify().wait()
-        url = self.register_url or self.kontrol_url
+        """Put Kontrol's own entry in the registry, retrying while the storage refuses."""
         while not self._closing:
-            try:
-                self.registry.register(self.kite.kite(), url, self.keypairs.current().id, SELF)
-                log.info("registered itself as %s at %s", self.kite.kite(), url)
+            gevent.sleep(SELF_REGISTER_RETRY)
+            if self._register_self_once():
                 return
-            except StorageError as exc:
-                log.warning("cannot register itself yet: %s", exc)
-                gevent.sleep(SELF_REGISTER_RETRY)
+
+    def _register_self_once(self) -> bool:
+        url = self.register_url or self.kontrol_url
+        try:
+            self.registry.register(self.kite.kite(), url, self.keypairs.current().id, SELF)
+        except StorageError as exc:
+            log.warning("cannot register itself yet: %s", exc)
+            return False
+        log.info("registered itself as %s at %s", self.kite.kite(), url)
+        return True
 
     def close(self) -> None:
         """Stop serving, stop refreshing, close the storage (registered kites stay until their TTL)."""

@@ -18,7 +18,8 @@ that dies are reset (callers reconnect, as they do after any restart).
 
 The supervisor only forks, restarts and forwards signals: SIGTERM or SIGINT stops the
 workers (each closes cleanly) and then itself; a worker that exits otherwise is started
-again after :data:`RESTART_DELAY`. Only worker 0 registers Kontrol's own entry.
+again after :data:`RESTART_DELAY`. The workers share one kite id and each writes Kontrol's own
+entry before it accepts connections, so whichever worker a caller reaches, Kontrol is listed.
 """
 
 from __future__ import annotations

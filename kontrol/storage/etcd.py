@@ -57,6 +57,7 @@ from .base import (
 )
 from .errors import KeyPairExistsError, KeyPairNotFoundError, StorageError, StorageUnavailableError
 from .etcdhttp import API_PATH, EtcdHttp, EtcdHttpError, tls_context
+from .txnbatch import TxnBatcher
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class EtcdStorage(common.EtcdStorageBase):
         #: Kite id -> (lease, TTL) of this instance's last write of it: a refresh keeps that lease
         #: alive in one round trip; on any doubt (expired, replaced) it reads the id index.
         self._leases: dict[str, tuple[int, int]] = {}
+        #: Combines the transactions of concurrent upserts (:mod:`kontrol.storage.txnbatch`).
+        self.batcher = TxnBatcher(self._post)
         root = prefix.rstrip("/")
         self._kites = f"{root}/kites/"
         self._ids = f"{root}/kite-ids/"
@@ -217,12 +220,14 @@ class EtcdStorage(common.EtcdStorageBase):
         index = self._index_value(record, ttl)
         value = common.kite_value(record.url, record.key_id)
         old: _Index | None = None
-        for _ in common.retries(TXN_ATTEMPTS):
+        for attempt in common.retries(TXN_ATTEMPTS):
             ops = [wire.put(path_key, value, lease), wire.put(id_key, index, lease)]
             if old is not None and self._path_key(old.record.kite) != path_key:
                 ops.insert(0, wire.delete(self._path_key(old.record.kite)))
             guard = wire.unchanged(id_key, old.mod_revision) if old else wire.absent(id_key)
-            result = self._txn([guard], ops, [{"request_range": {"key": wire.b64(id_key)}}])
+            failure = [{"request_range": {"key": wire.b64(id_key)}}]
+            # The first try (a new kite, the usual case) joins the writes in flight; a retry goes alone.
+            result = self.batcher.txn([guard], ops, failure) if attempt == 0 else self._txn([guard], ops, failure)
             if result.get("succeeded"):
                 return old, _revision_of(result)
             kvs = result["responses"][0]["response_range"].get("kvs") or []
