@@ -23,11 +23,15 @@ from gevent.pool import Group
 from kite.config import Config, ConfigError, parse_duration
 from kite.kite import Kite
 from kite.kitekey import KiteKeyError
+from kite.transport.wsgi import make_server
 
+from .forward import ForwardingHandler
 from .registry import Backend, Registry
 from .relay import CLOSE_BAD_GATEWAY, IDLE_TIMEOUT
 
 if TYPE_CHECKING:
+    from gevent.pywsgi import WSGIServer
+
     from kite.client import Client
     from kite.request import Request
 
@@ -132,6 +136,11 @@ class ProxyKite(Kite):
                 self.forget(backend, f"no answer to kite.ping ({exc})")
 
     # -- serving -------------------------------------------------------------------------
+
+    def _make_server(self) -> WSGIServer:
+        """The server, with the handler that asks ``upgrade_gate`` before a ``/proxy/`` WebSocket upgrade."""
+        return make_server(self, self.config.ip, self.config.port, ssl_context=self._ssl_context,
+                           handler_class=ForwardingHandler)
 
     def run(self) -> None:
         """Listen, then register with Kontrol (``register_self``), and serve until :meth:`close`.

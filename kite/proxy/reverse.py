@@ -41,16 +41,14 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 from kite.config import Config  # noqa: E402
 from kite.errors import ArgumentError  # noqa: E402
 from kite.request import Request  # noqa: E402
-from kite.transport.wsgi import make_server  # noqa: E402
 
 from .base import ProxyKite, add_common_flags, check_common_flags, proxy_config, run_command  # noqa: E402
-from .forward import PROXY_PREFIX, Forwarder, ForwardingHandler  # noqa: E402
+from .forward import PROXY_PREFIX, Forwarder  # noqa: E402
 from .httpforward import HttpForwarder  # noqa: E402
 from .relay import IDLE_TIMEOUT, Relays  # noqa: E402
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
-    from gevent.pywsgi import WSGIServer
 
 NAME = "proxy"
 VERSION = "0.0.1"
@@ -112,10 +110,6 @@ class ReverseProxy(ProxyKite):
         if environ.get("PATH_INFO", "").startswith(PROXY_PREFIX + "/"):
             return self.forwarder(environ, start_response)
         return super().__call__(environ, start_response)
-
-    def _make_server(self) -> WSGIServer:
-        return make_server(self, self.config.ip, self.config.port, ssl_context=self._ssl_context,
-                           handler_class=ForwardingHandler)
 
     def close(self) -> None:
         """Close the relays, stop serving and registering, and close the backend connections."""

@@ -55,10 +55,8 @@ from kite.errors import AuthenticationError, KiteError  # noqa: E402
 from kite.request import Request  # noqa: E402
 from kite.transport.session import Session  # noqa: E402
 from kite.transport.sockjs.server import SockJSServer  # noqa: E402
-from kite.transport.wsgi import make_server  # noqa: E402
 
 from .base import ProxyKite, add_common_flags, check_common_flags, proxy_config, run_command  # noqa: E402
-from .forward import ForwardingHandler  # noqa: E402
 from .httpforward import error  # noqa: E402
 from .relay import IDLE_TIMEOUT, Relays  # noqa: E402
 from .tunnels import MAX_BACKLOG, Tunnel  # noqa: E402
@@ -66,7 +64,6 @@ from .tunneltoken import TunnelTokens  # noqa: E402
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
-    from gevent.pywsgi import WSGIServer
 
 NAME = "tunnelproxy"
 #: The binary's default version (Go's ``-version`` flag); the library's ``ProxyVersion`` is 0.0.2.
@@ -244,10 +241,6 @@ class TunnelProxy(ProxyKite):
         if path.startswith(TUNNEL_PREFIX + "/"):
             return self.tunnel_side(environ, start_response)
         return super().__call__(environ, start_response)
-
-    def _make_server(self) -> WSGIServer:
-        return make_server(self, self.config.ip, self.config.port, ssl_context=self._ssl_context,
-                           handler_class=ForwardingHandler)
 
     def close(self) -> None:
         """Close the tunnels and every session, stop serving and registering."""

@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import gevent
 import pytest
@@ -62,23 +63,37 @@ def kite_config(kontrol: Kontrol, username: str) -> Config:
     return c
 
 
-def start_proxy(kontrol: Kontrol, port: int = 0, **options) -> ReverseProxy:
-    """A reverse proxy of Kontrol's own user, serving on 127.0.0.1:``port`` (0: any) in a greenlet."""
-    config = kite_config(kontrol, kontrol.username)
-    config.port = port
-    proxy = ReverseProxy(config, public_host="127.0.0.1", **options)
+P = TypeVar("P", ReverseProxy, TunnelProxy)
+
+
+def _serving(proxy: P) -> P:
+    """``proxy`` (Kontrol retries fast) serving in a greenlet, once it listens."""
     proxy.kontrol.retry_interval = RETRY
     gevent.spawn(proxy.run)
     assert proxy.server_ready_notify().wait(5)
     return proxy
 
 
-@pytest.fixture
-def proxies(kontrol: Kontrol) -> Iterator[Callable[..., ReverseProxy]]:
-    made: list[ReverseProxy] = []
+def start_proxy(kontrol: Kontrol, port: int = 0, **options) -> ReverseProxy:
+    """A reverse proxy of Kontrol's own user, serving on 127.0.0.1:``port`` (0: any) in a greenlet."""
+    config = kite_config(kontrol, kontrol.username)
+    config.port = port
+    return _serving(ReverseProxy(config, public_host="127.0.0.1", **options))
 
-    def make(port: int = 0, **options) -> ReverseProxy:
-        made.append(start_proxy(kontrol, port, **options))
+
+def start_tunnel_proxy(kontrol: Kontrol, port: int = 0, **options) -> TunnelProxy:
+    """A tunnel proxy of Kontrol's own user on 127.0.0.1:``port`` (0: a free one), serving in a greenlet."""
+    config = kite_config(kontrol, kontrol.username)
+    config.port = port or free_port()
+    return _serving(TunnelProxy(config, public_host=f"127.0.0.1:{config.port}", **options))
+
+
+def _factory(start: Callable[..., P]) -> Iterator[Callable[..., P]]:
+    """A fixture body: ``make(port=0, **options)`` starts a proxy; every one is closed afterwards."""
+    made: list[P] = []
+
+    def make(port: int = 0, **options) -> P:
+        made.append(start(port, **options))
         return made[-1]
 
     try:
@@ -86,6 +101,11 @@ def proxies(kontrol: Kontrol) -> Iterator[Callable[..., ReverseProxy]]:
     finally:
         for p in made:
             p.close()
+
+
+@pytest.fixture
+def proxies(kontrol: Kontrol) -> Iterator[Callable[..., ReverseProxy]]:
+    yield from _factory(lambda port, **options: start_proxy(kontrol, port, **options))
 
 
 @pytest.fixture
@@ -93,30 +113,9 @@ def proxy(proxies) -> ReverseProxy:
     return proxies()
 
 
-def start_tunnel_proxy(kontrol: Kontrol, port: int = 0, **options) -> TunnelProxy:
-    """A tunnel proxy of Kontrol's own user on 127.0.0.1:``port`` (0: a free one), serving in a greenlet."""
-    config = kite_config(kontrol, kontrol.username)
-    config.port = port or free_port()
-    proxy = TunnelProxy(config, public_host=f"127.0.0.1:{config.port}", **options)
-    proxy.kontrol.retry_interval = RETRY
-    gevent.spawn(proxy.run)
-    assert proxy.server_ready_notify().wait(5)
-    return proxy
-
-
 @pytest.fixture
 def tunnel_proxies(kontrol: Kontrol) -> Iterator[Callable[..., TunnelProxy]]:
-    made: list[TunnelProxy] = []
-
-    def make(port: int = 0, **options) -> TunnelProxy:
-        made.append(start_tunnel_proxy(kontrol, port, **options))
-        return made[-1]
-
-    try:
-        yield make
-    finally:
-        for p in made:
-            p.close()
+    yield from _factory(lambda port, **options: start_tunnel_proxy(kontrol, port, **options))
 
 
 @pytest.fixture
