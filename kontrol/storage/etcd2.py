@@ -1,4 +1,4 @@
-"""etcd v2 storage through ``python-etcd``, in the Go Kontrol's key layout (PROTOCOL.md §7.10).
+"""etcd v2 storage in the Go Kontrol's key layout (PROTOCOL.md §7.10), on :mod:`kontrol.storage.etcd2http`.
 
 A Go Kontrol and this backend can share one etcd (<= 3.5, started with
 ``--enable-v2=true``). Under ``prefix`` (default empty, as in Go):
@@ -20,6 +20,10 @@ path when the identity changed).
 Watches long-poll ``/kites`` recursively (``wait=true&waitIndex=n``) in one greenlet
 per storage instance, resuming at the next index after errors.
 
+Transport: every request, the watch's long poll included, goes through
+:class:`~kontrol.storage.etcd2http.Etcd2Http` (``http.client`` on a bounded keep-alive pool),
+which raises python-etcd's exception classes: ``python-etcd`` itself is only imported for them.
+
 v2 key limits the other backends do not have: a field may not be ``.`` or ``..``
 (etcd cleans paths) nor start with ``_`` (etcd hides such keys from listings).
 """
@@ -33,7 +37,6 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import etcd
-import urllib3
 
 from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
@@ -61,6 +64,7 @@ from .errors import (
     StorageError,
     StorageUnavailableError,
 )
+from .etcd2http import Etcd2Http, Etcd2Node
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +80,7 @@ T = TypeVar("T")
 
 
 def _segment(value: str) -> str:
-    # python-etcd puts keys into the URL as they are; quote each path segment.
+    # Keys go into the URL as they are (but for characters invalid there); quote each path segment.
     return quote(value, safe="")
 
 
@@ -110,19 +114,12 @@ class Etcd2Storage(common.EtcdStorageBase):
         pool_size: int = common.DEFAULT_POOL_SIZE,
     ) -> None:
         super().__init__(host, port, protocol, timeout, pool_size)
-        self._client = self._make_client(host, port, protocol, pool_size)
-        self._watch_client = self._make_client(host, port, protocol, 1)
+        self._client = Etcd2Http(host, port, protocol, timeout=timeout, pool_size=pool_size)
+        self._watch_client = Etcd2Http(host, port, protocol, timeout=timeout, pool_size=1)
         root = prefix.rstrip("/")
         self._kites = f"{root}/kites"
         self._keys = f"{root}/kontrol/keys"
         self._publics = f"{root}/kontrol/key-publics"
-
-    def _make_client(self, host: str, port: int, protocol: str, pool_size: int) -> etcd.Client:
-        client = etcd.Client(host=host, port=port, protocol=protocol, read_timeout=self._timeout)
-        # python-etcd's own pool opens extra connections when its 10 are busy; bound it.
-        client.http.clear()
-        client.http = urllib3.PoolManager(num_pools=1, maxsize=pool_size, block=True)
-        return client
 
     # -- transport ----------------------------------------------------------------------
 
@@ -143,13 +140,13 @@ class Etcd2Storage(common.EtcdStorageBase):
                 raise StorageUnavailableError(f"etcd at {self._where}: {e}") from e
             raise StorageError(f"etcd: {e}") from e
 
-    def _read(self, key: str, **options: Any) -> etcd.EtcdResult | None:
+    def _read(self, key: str, **options: Any) -> Etcd2Node | None:
         try:
             return self._call(self._client.read, key, **options)
         except etcd.EtcdKeyNotFound:
             return None
 
-    def _delete(self, key: str) -> etcd.EtcdResult | None:
+    def _delete(self, key: str) -> Etcd2Node | None:
         try:
             return self._call(self._client.delete, key)
         except etcd.EtcdKeyNotFound:
@@ -195,7 +192,7 @@ class Etcd2Storage(common.EtcdStorageBase):
         path_key = self._path_key(kite)
         id_value = json.dumps({"url": url, "key_id": key_id, "kite": str(kite)}, separators=(",", ":"))
         result = self._call(self._client.write, self._id_key(kite.id), id_value, ttl=seconds)
-        prev = getattr(result, "_prev_node", None)
+        prev = result.prev_node
         if prev is not None:
             old = self._identity_of(kite.id, prev.value, kite)
             if old is not None and self._path_key(old) != path_key:
@@ -209,7 +206,7 @@ class Etcd2Storage(common.EtcdStorageBase):
         try:
             if ttl is None:  # rewriting without a TTL is the only way to drop one
                 current = self._call(self._client.read, id_key)
-                self._call(self._client.write, id_key, current.value, prevExist=True)
+                self._call(self._client.write, id_key, current.value, prev_exist=True)
             else:
                 current = self._call(self._client.refresh, id_key, whole_seconds(ttl))
             identity = self._identity_of(kid, current.value, kite)
@@ -218,7 +215,7 @@ class Etcd2Storage(common.EtcdStorageBase):
             path_key = self._path_key(identity)
             if ttl is None:
                 url, key_id = common.parse_kite_value(current.value)
-                self._call(self._client.write, path_key, common.kite_value(url, key_id), prevExist=True)
+                self._call(self._client.write, path_key, common.kite_value(url, key_id), prev_exist=True)
             else:
                 self._call(self._client.refresh, path_key, whole_seconds(ttl))
         except etcd.EtcdKeyNotFound:
@@ -281,11 +278,11 @@ class Etcd2Storage(common.EtcdStorageBase):
             event = self._decode_event(result)
             yield index, [event] if event is not None else []
 
-    def _decode_event(self, result: etcd.EtcdResult) -> KiteEvent | None:
+    def _decode_event(self, result: Etcd2Node) -> KiteEvent | None:
         kite = None if result.dir else self._kite_of_key(result.key)
         if kite is None:
             return None
-        prev = getattr(result, "_prev_node", None)
+        prev = result.prev_node
         if result.action in _REMOVE_ACTIONS:
             url, key_id = common.parse_kite_value(prev.value if prev else None)
             return KiteEvent(DEREGISTER, kite, url, key_id, result.modifiedIndex)
@@ -301,12 +298,12 @@ class Etcd2Storage(common.EtcdStorageBase):
         pair = new_key_pair(id, public, private)
         public_key = f"{self._publics}/{common.public_key_digest(pair.public)}"
         try:
-            self._call(self._client.write, public_key, pair.id, prevExist=False)
+            self._call(self._client.write, public_key, pair.id, prev_exist=False)
         except etcd.EtcdAlreadyExist:
             raise KeyPairExistsError("a key pair with this public key already exists") from None
         try:
             key = f"{self._keys}/{_segment(pair.id)}"
-            self._call(self._client.write, key, json.dumps(pair.to_json()), prevExist=False)
+            self._call(self._client.write, key, json.dumps(pair.to_json()), prev_exist=False)
         except BaseException as e:
             self._delete(public_key)
             if isinstance(e, etcd.EtcdAlreadyExist):
@@ -336,7 +333,7 @@ class Etcd2Storage(common.EtcdStorageBase):
                 return
             try:
                 value = json.dumps(soft_deleted(pair).to_json())
-                self._call(self._client.write, f"{self._keys}/{_segment(id)}", value, prevIndex=modified)
+                self._call(self._client.write, f"{self._keys}/{_segment(id)}", value, prev_index=modified)
                 return
             except etcd.EtcdCompareFailed:
                 continue
@@ -352,5 +349,5 @@ class Etcd2Storage(common.EtcdStorageBase):
     # -- lifecycle ----------------------------------------------------------------------
 
     def _close_connections(self) -> None:
-        self._client.http.clear()
-        self._watch_client.http.clear()
+        self._client.close()
+        self._watch_client.close()

@@ -8,6 +8,7 @@ import pytest
 
 from kontrol.storage import DEREGISTER, REGISTER, KiteEvent, StorageError
 from kontrol.storage.etcd2 import Etcd2Storage
+from kontrol.storage.etcd2http import Etcd2Node
 from kontrol.storage.etcd3_wire import b64, decode_watch_message
 from kontrol.storage.watch import EventPump
 
@@ -68,11 +69,11 @@ class FakeWatchClient:
         return item
 
 
-def v2_result(action: str, index: int, value: str | None = VALUE, prev: str | None = None) -> etcd.EtcdResult:
+def v2_result(action: str, index: int, value: str | None = VALUE, prev: str | None = None) -> Etcd2Node:
     node = {"key": "/kites/alice/production/math/1.0.0/eu-west/worker-1/id-1", "modifiedIndex": index}
     if value is not None:
         node["value"] = value
-    return etcd.EtcdResult(action, node, prevNode={"key": node["key"], "value": prev} if prev else None)
+    return Etcd2Node(action, node, {"key": node["key"], "value": prev} if prev else None)
 
 
 def test_v2_feed_resumes_after_timeouts_cleared_history_and_errors() -> None:
