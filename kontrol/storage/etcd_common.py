@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import gevent
+import orjson
 import requests
 from gevent.pool import Pool
 from requests.adapters import HTTPAdapter
@@ -100,8 +101,8 @@ def kite_value(url: str, key_id: str) -> str:
 def parse_kite_value(value: str | bytes | None) -> tuple[str, str]:
     """``(url, key_id)`` from a stored value; empty strings when it is missing or garbled."""
     try:
-        obj = json.loads(value) if value else {}
-    except ValueError:
+        obj = orjson.loads(value) if value else {}  # once per kite in every scan: orjson, ~4x json's speed
+    except ValueError:  # orjson.JSONDecodeError is one
         obj = {}
     if not isinstance(obj, dict):
         obj = {}
