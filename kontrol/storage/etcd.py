@@ -245,7 +245,7 @@ class EtcdStorage(common.EtcdStorageBase):
             self._revoke_quietly(lease)
             raise
         if self.replica is not None:
-            self.replica.put(record, revision)  # read your own writes, before the feed brings it
+            self.replica.wrote(record, revision)  # read your own writes, before the feed brings it
         self._remember_lease(record.kite.id, lease, whole_seconds(ttl) if ttl is not None else None)
         if old is not None and old.lease != lease:
             self._revoke_quietly(old.lease)
@@ -307,7 +307,7 @@ class EtcdStorage(common.EtcdStorageBase):
             if result.get("succeeded"):
                 self._leases.pop(kid, None)
                 if self.replica is not None:
-                    self.replica.remove(entry.record.kite, _revision_of(result))
+                    self.replica.deleted(entry.record.kite, _revision_of(result))
                 self._revoke_quietly(entry.lease)
                 return True
         raise common.contended(f"kite {kid}")

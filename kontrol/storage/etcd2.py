@@ -65,6 +65,7 @@ from .errors import (
     StorageUnavailableError,
 )
 from .etcd2http import Etcd2Http, Etcd2Node
+from .watch import FeedGap
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +271,8 @@ class Etcd2Storage(common.EtcdStorageBase):
                 continue
             except etcd.EtcdEventIndexCleared as e:
                 current = (e.payload or {}).get("index") or self._revision()
-                log.warning("etcd v2 history no longer has index %d; resuming at %d, events lost", index, current + 1)
-                index = int(current) + 1
-                yield index, []
-                continue
+                log.warning("etcd v2 history no longer has index %d (%d kept); events lost", index, current)
+                raise FeedGap(int(current) + 1) from None
             index = result.modifiedIndex + 1
             event = self._decode_event(result)
             yield index, [event] if event is not None else []

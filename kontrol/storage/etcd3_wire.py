@@ -20,6 +20,7 @@ import requests
 from .base import DEREGISTER, REGISTER, KiteEvent
 from .errors import StorageError, StorageUnavailableError
 from .etcd_common import kite_from_parts, parse_kite_value
+from .watch import FeedGap
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ def follow_watch(
 ) -> Iterator[tuple[int, list[KiteEvent]]]:
     """Watch the kite keys under ``prefix`` from revision ``start``; owns and closes ``session``.
 
-    Yields ``(next revision, events)`` per stream message and returns when etcd
-    cancels the watch because of a compaction (resume from the yielded revision).
+    Yields ``(next revision, events)`` per stream message; raises :class:`~kontrol.storage.watch.FeedGap`
+    when etcd cancels the watch because of a compaction, and returns when the stream just ends.
     """
     create = {
         "key": b64(prefix),
@@ -93,9 +94,9 @@ def follow_watch(
                 if item is None:
                     continue
                 next_revision, events, compacted = item
-                yield next_revision, events
                 if compacted:
-                    return
+                    raise FeedGap(next_revision)
+                yield next_revision, events
     finally:
         if response is not None:
             response.close()

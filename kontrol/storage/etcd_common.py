@@ -164,8 +164,11 @@ class EtcdStorageBase(Storage):
         return replica.scan(prefix) if replica is not None else self._scan_store(prefix)
 
     def get_by_id(self, kite_id: str) -> KiteRecord | None:
+        """From the replica; a miss asks etcd (the kite may be another writer's, newer than the watch lag:
+        an HTTP heartbeat adopting it, an id-only ``getToken``), so "not there" is etcd's answer."""
         replica = self._in_sync()
-        return replica.get_by_id(kite_id) if replica is not None else self._get_by_id_store(kite_id)
+        record = replica.get_by_id(kite_id) if replica is not None else None
+        return record if record is not None else self._get_by_id_store(kite_id)
 
     def count(self) -> int:
         replica = self._in_sync()

@@ -35,6 +35,7 @@ from gevent.event import Event
 from kite.wire.protocol import KiteIdentity
 
 from .base import DEREGISTER, REGISTER, KiteEvent, KiteRecord
+from .watch import FeedGap
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,9 @@ for _name, _value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT",
 
 #: ``list() -> (revision, [(record, mod revision), ...])``: every kite at one revision.
 ListAll = Callable[[], tuple[int, Iterable[tuple[KiteRecord, int]]]]
-#: The change feed from a revision: ``(next revision, events)`` per message; it returns when
-#: events were lost (compaction) and raises when the connection broke.
+#: The change feed from a revision: ``(next revision, events)`` per message; it raises
+#: :class:`~kontrol.storage.watch.FeedGap` when events were lost (compaction), another error
+#: when the connection broke, and returns when the stream just ended.
 Follow = Callable[[int], Iterator[tuple[int, list[KiteEvent]]]]
 _Bucket = tuple[str, str, str]  # (username, environment, name)
 
@@ -80,6 +82,9 @@ class Replica:
         self._buckets: dict[_Bucket, dict[str, KiteRecord]] = {}
         self._by_user: dict[str, set[_Bucket]] = {}
         self._tombstones: OrderedDict[str, tuple[int, float]] = OrderedDict()  # id -> (revision, when)
+        # Our own writes the feed has not brought back yet: if a re-list replaces the feed,
+        # their events are published from here, so watchers still hear of them.
+        self._unannounced: dict[str, KiteEvent] = {}
         #: Set while the replica is in sync with etcd (listed, and its feed connected).
         self.ready = Event()
         #: The revision the feed resumes from.
@@ -110,6 +115,18 @@ class Replica:
         return [r for b in buckets if b[: len(prefix)] == prefix for r in self._buckets[b].values()]
 
     # -- changes ----------------------------------------------------------------------------
+
+    def wrote(self, record: KiteRecord, revision: int) -> None:
+        """Our own write of ``record``, acknowledged by etcd at ``revision``: visible at once."""
+        if self.put(record, revision):
+            self._unannounced[record.kite.id] = KiteEvent(REGISTER, record.kite, record.url, record.key_id, revision)
+
+    def deleted(self, kite: KiteIdentity, revision: int) -> None:
+        """Our own delete of ``kite``, acknowledged by etcd at ``revision``."""
+        current = self._kites.get(kite.id)
+        if self.remove(kite, revision) and current is not None:
+            record = current[0]
+            self._unannounced[kite.id] = KiteEvent(DEREGISTER, kite, record.url, record.key_id, revision)
 
     def put(self, record: KiteRecord, revision: int) -> bool:
         """Store ``record`` changed at ``revision`` unless a later change of it is known; True if stored."""
@@ -165,6 +182,9 @@ class Replica:
 
     def apply(self, event: KiteEvent) -> bool:
         """Apply one change of the feed; True if it changed the replica."""
+        mine = self._unannounced.get(event.kite.id)
+        if mine is not None and event.revision >= mine.revision:
+            del self._unannounced[event.kite.id]  # the feed brought it: it is announced with the feed's
         if event.action == DEREGISTER:
             return self.remove(event.kite, event.revision)
         return self.put(KiteRecord(event.kite, event.url, event.key_id), event.revision)
@@ -186,8 +206,9 @@ class Replica:
                         self._publish(event)
                     self.next_revision = max(self.next_revision, next_revision)
                     backoff = MIN_BACKOFF
-                log.warning("%s: events before revision %d are lost (compaction); listing again", self.name,
-                            self.next_revision)
+                log.info("%s: change feed ended; resuming from revision %d", self.name, self.next_revision)
+            except FeedGap as gap:
+                log.warning("%s: %s (compaction); listing again", self.name, gap)
                 listed = False
             except Exception as e:
                 log.warning("%s: change feed broke (%s); reading etcd directly, resuming in %.1f s", self.name, e,
@@ -212,6 +233,14 @@ class Replica:
             old = self._kites.get(kid)
             if old is None or old[0] != record:
                 changes.append(KiteEvent(REGISTER, record.kite, record.url, record.key_id, revision))
+        # Our own writes up to the listing that the feed never brought: announce them now (the
+        # ones after it stay pending; the feed resumes past the listing and brings them).
+        changed = {(e.action, e.kite.id) for e in changes}
+        for kid, event in list(self._unannounced.items()):
+            if event.revision <= revision:
+                del self._unannounced[kid]
+                if (event.action, kid) not in changed:
+                    changes.append(KiteEvent(event.action, event.kite, event.url, event.key_id, revision))
         newer = [(record, rev) for record, rev in self._kites.values() if rev > revision]
         buried = [(kid, rev) for kid, (rev, _when) in self._tombstones.items() if rev > revision]
         self._kites.clear()

@@ -116,8 +116,17 @@ class WatchHub:
 
 
 #: A change feed: called with the revision to resume from, it yields
-#: ``(next_revision, events)`` per message and returns or raises when the feed breaks.
+#: ``(next_revision, events)`` per message and returns or raises when the feed breaks;
+#: it raises :class:`FeedGap` when events were lost (etcd compacted its history).
 Follow = Callable[[int], Iterator[tuple[int, list[KiteEvent]]]]
+
+
+class FeedGap(Exception):
+    """A change feed cannot go on from where it was: events up to ``resume_at`` are lost for good."""
+
+    def __init__(self, resume_at: int):
+        super().__init__(f"events before revision {resume_at} are lost")
+        self.resume_at = resume_at
 
 
 class EventPump:
@@ -140,6 +149,9 @@ class EventPump:
                     self.next_revision = max(self.next_revision, next_revision)
                     backoff = PUMP_MIN_BACKOFF
                 log.info("%s: change feed ended; resuming from revision %d", self.name, self.next_revision)
+            except FeedGap as gap:
+                self.next_revision = max(self.next_revision, gap.resume_at)
+                log.warning("%s: %s; resuming at %d", self.name, gap, self.next_revision)
             except Exception as e:
                 log.warning(
                     "%s: change feed broke (%s); resuming from revision %d in %.1f s",

@@ -19,6 +19,7 @@ from kite.wire.protocol import KiteIdentity
 from kontrol.storage import DEREGISTER, REGISTER, KiteEvent, KiteRecord, KontrolQuery
 from kontrol.storage.etcd import EtcdStorage
 from kontrol.storage.replica import Replica
+from kontrol.storage.watch import FeedGap
 
 from .conftest import wait_until
 
@@ -54,6 +55,8 @@ class Script:
         while True:
             item = self.batches.get()
             if item == "compacted":
+                raise FeedGap(self.listing[0] + 1)
+            if item == "end":  # the stream just ended: resumed, not re-listed
                 return
             if isinstance(item, Exception):
                 raise item
@@ -90,13 +93,13 @@ def test_own_writes_win_over_older_feed_events_and_deletes_stay_deleted():
     replica = started(script)
     try:
         newer = record(1, url="http://new/kite")
-        assert replica.put(newer, 20)  # our own write, acknowledged at revision 20
+        replica.wrote(newer, 20)  # our own write, acknowledged at revision 20
         assert not replica.apply(KiteEvent(REGISTER, kite(1), "http://old/kite", "", 15))  # the feed, late
         assert replica.get_by_id("id-1") == newer
-        assert replica.remove(kite(1), 25)
+        replica.deleted(kite(1), 25)
         assert not replica.apply(KiteEvent(REGISTER, kite(1), "http://new/kite", "", 20))  # the feed's copy
         assert replica.get_by_id("id-1") is None
-        assert replica.put(record(1, url="http://again/kite"), 30)  # a later registration does come back
+        assert replica.apply(KiteEvent(REGISTER, kite(1), "http://again/kite", "", 30))  # a later one comes back
     finally:
         replica.stop()
 
@@ -110,14 +113,32 @@ def test_own_writes_made_while_it_lists_are_kept():
     replica = Replica("test", script.list_all, script.follow, script.published.append)
     try:
         gevent.sleep(0)
-        replica.put(record(3), 12)
-        replica.put(record(1), 12)
-        replica.remove(kite(1), 13)
+        replica.wrote(record(3), 12)
+        replica.wrote(record(1), 12)
+        replica.deleted(kite(1), 13)
         go.set()
         assert replica.ready.wait(2)
         assert replica.get_by_id("id-3") is not None and replica.get_by_id("id-2") is not None
         assert replica.get_by_id("id-1") is None  # deleted at 13, after the listing
         assert not replica.apply(KiteEvent(REGISTER, kite(1), "http://x/kite", "", 11))
+    finally:
+        replica.stop()
+
+
+def test_own_writes_the_feed_never_brought_are_announced_by_the_next_listing():
+    """A compaction between our write (acknowledged at 12) and its feed event: the re-list announces it."""
+    script = Script(10, [(record(1), 5)])
+    replica = started(script)
+    try:
+        replica.wrote(record(2), 12)
+        replica.deleted(kite(1), 13)
+        script.listing = (14, [(record(2), 12)])
+        script.batches.put("compacted")
+        wait_until(lambda: replica.lists == 2, 2)
+        assert sorted((e.action, e.kite.id) for e in script.published) == [(DEREGISTER, "id-1"), (REGISTER, "id-2")]
+        script.batches.put("end")  # a plain end of the stream: resumed from where it was, no listing
+        gevent.sleep(0.3)
+        assert replica.lists == 2 and replica.ready.is_set()
     finally:
         replica.stop()
 
@@ -194,18 +215,22 @@ def test_reads_come_from_memory_and_see_own_writes_at_once(pair):
 
 def test_other_writers_deletes_and_expiry_reach_the_replica_within_the_lag(pair):
     replicated, direct = pair
+    replica = replicated.replica
     started = time.monotonic()
     direct.upsert(kite(1), "http://a/kite")
-    wait_until(lambda: replicated.get_by_id("id-1") is not None, LAG)
+    wait_until(lambda: replica.get_by_id("id-1") is not None, LAG)
     seen = time.monotonic() - started
     direct.upsert(kite(1, version="2.0.0"), "http://a2/kite")  # an identity change by another writer
-    wait_until(lambda: replicated.get_by_id("id-1").kite.version == "2.0.0", LAG)
+    wait_until(lambda: replica.get_by_id("id-1").kite.version == "2.0.0", LAG)
     assert replicated.get(KontrolQuery(username="alice", environment="prod", name="math", version="1.0.0")) == []
     direct.delete(kite(1))  # behind the replicated instance's back
-    wait_until(lambda: replicated.get_by_id("id-1") is None, LAG)
+    wait_until(lambda: replica.get_by_id("id-1") is None, LAG)
+    assert replicated.get_by_id("id-1") is None
     direct.upsert(kite(2), "http://b/kite", ttl=1)  # etcd raises it to its minimum lease TTL (2 s)
-    wait_until(lambda: replicated.get_by_id("id-2") is not None, LAG)
-    wait_until(lambda: replicated.get_by_id("id-2") is None, 10 + LAG)  # the lease expired
+    assert replicated.get_by_id("id-2") is not None  # a miss in the replica asks etcd: found before the lag
+    wait_until(lambda: replica.get_by_id("id-2") is not None, LAG)
+    wait_until(lambda: replica.get_by_id("id-2") is None, 10 + LAG)  # the lease expired
+    assert replicated.get_by_id("id-2") is None
     print(f"another writer's kite reached the replica after {seen * 1000:.1f} ms")
 
 
