@@ -12,8 +12,9 @@ import pytest
 import requests
 
 from kite import Kite, kitekey
+from kontrol.storage import open_storage
 
-from .conftest import BACKENDS
+from .conftest import BACKENDS, POSTGRES_PASSWORD, POSTGRES_USER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -96,16 +97,26 @@ def _stop(proc: subprocess.Popen) -> str:
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_a_restart_keeps_the_key_pair_and_old_kite_keys_keep_working(kind, kite_home, request):
     """The kite.key written by --initial is trusted after every restart, whatever the storage: the
-    key files on disk are loaded, never regenerated. Kontrol finds itself through its own query."""
+    key files on disk are loaded, never regenerated, and the storage holds that one pair (not one
+    per start or per worker). Kontrol finds itself through its own query."""
+    settings = {}
     if kind in ("etcd", "etcd2"):
         server = request.getfixturevalue("etcd_server")
-        storage = f"{kind}://127.0.0.1:{server.client_port}/t-{uuid.uuid4().hex[:12]}"
+        storage = location = f"{kind}://127.0.0.1:{server.client_port}/t-{uuid.uuid4().hex[:12]}"
+    elif kind == "postgres":  # configured the Go Kontrol's way: KONTROL_STORAGE=postgres and KONTROL_POSTGRES_*
+        pg = request.getfixturevalue("postgres_server")
+        location = request.getfixturevalue("postgres_database")  # a fresh database
+        storage = "postgres"
+        settings = {"KONTROL_POSTGRES_HOST": "127.0.0.1", "KONTROL_POSTGRES_PORT": str(pg.port),
+                    "KONTROL_POSTGRES_USERNAME": POSTGRES_USER, "KONTROL_POSTGRES_PASSWORD": POSTGRES_PASSWORD,
+                    "KONTROL_POSTGRES_DBNAME": location.rsplit("/", 1)[1]}
     else:
         storage = kind
+        location = str(kite_home / "kontrol.db") if kind == "sqlite" else None  # memory keeps nothing
     port = free_port()
     env = {**os.environ, "KITE_HOME": str(kite_home), "KONTROL_PORT": str(port), "KONTROL_IP": "127.0.0.1",
            "KONTROL_STORAGE": storage, "KONTROL_USERNAME": "koding",
-           "KONTROL_KONTROLURL": f"http://127.0.0.1:{port}/kite"}
+           "KONTROL_KONTROLURL": f"http://127.0.0.1:{port}/kite", **settings}
     init = subprocess.run([sys.executable, "-m", "kontrol", "--initial"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert init.returncode == 0, init.stderr
@@ -124,6 +135,10 @@ def test_a_restart_keeps_the_key_pair_and_old_kite_keys_keep_working(kind, kite_
             out = _stop(proc)
         assert "generated a key pair" not in out
     assert {name: (kite_home / "kontrol" / name).read_bytes() for name in key_files} == key_files
+    if location is not None:
+        with open_storage(location) as stored:
+            pairs = stored.list_key_pairs(include_deleted=True)
+        assert [p.public for p in pairs] == [key_files["key_pub.pem"].decode().strip()]
 
 
 def test_half_a_saved_key_pair_is_refused(kite_home):

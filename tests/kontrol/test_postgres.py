@@ -1,13 +1,11 @@
 """The PostgreSQL backend against a real server: the Go Kontrol's tables and rows, ids, TTLs, watches
-across instances, the bounded pool, outages, settings, and Kontrol itself on postgres."""
+across instances, the bounded pool, outages and settings. The storage contract and Kontrol itself run
+on postgres in the shared tests (postgres is one of conftest.BACKENDS)."""
 
 from __future__ import annotations
 
 import datetime
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,9 +13,6 @@ from collections.abc import Callable, Iterator
 import gevent
 import pytest
 
-import tests.kontrol.test_kontrol as shared_kontrol
-import tests.kontrol.test_kontrol_kites as shared_kites
-from kite import Kite
 from kite.wire.protocol import KiteIdentity
 from kontrol.registry import WEBSOCKET, Registry
 from kontrol.storage import (
@@ -45,7 +40,6 @@ from kontrol.storage.postgres import (
 )
 
 from .conftest import POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, Recorder, wait_until
-from .test_cli import ROOT, _serve_kontrol, _stop, free_port
 from .test_storage import LONG_TTL, SHORT_TTL, make_kite
 
 Opener = Callable[..., PostgresStorage]
@@ -733,53 +727,10 @@ def test_a_crash_empties_the_kites_and_the_registry_writes_them_back(restartable
         registry.stop()
 
 
-# -- Kontrol on postgres --------------------------------------------------------------------
-
-on_postgres = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-
-
-@on_postgres
-def test_kontrol_registers_finds_and_gives_tokens(kontrol) -> None:
-    shared_kontrol.test_register_find_call_with_token_and_deregister_on_disconnect(kontrol)
-    shared_kites.test_register_find_call_and_deregister_on_exit(kontrol)
-
-
-@on_postgres
-def test_two_kontrols_share_one_database(backend) -> None:
-    shared_kontrol.test_two_kontrols_share_one_etcd(backend)
-
-
-@on_postgres
-def test_kites_come_back_after_a_kontrol_restart(backend) -> None:
-    shared_kites.test_kites_come_back_after_a_kontrol_restart(backend)
-
-
-def test_the_kontrol_command_on_postgres(postgres_server: PostgresServer, url: str, kite_home) -> None:
-    """``kontrol`` configured the Go way (KONTROL_STORAGE=postgres and KONTROL_POSTGRES_*): it starts,
-    finds itself, and a restart keeps its key pair (in kite.key, on disk and in the database)."""
-    port = free_port()
-    env = {**os.environ, "KITE_HOME": str(kite_home), "KONTROL_PORT": str(port), "KONTROL_IP": "127.0.0.1",
-           "KONTROL_USERNAME": "koding", "KONTROL_KONTROLURL": f"http://127.0.0.1:{port}/kite",
-           "KONTROL_STORAGE": "postgres", "KONTROL_POSTGRES_HOST": "127.0.0.1",
-           "KONTROL_POSTGRES_PORT": str(postgres_server.port), "KONTROL_POSTGRES_USERNAME": POSTGRES_USER,
-           "KONTROL_POSTGRES_PASSWORD": POSTGRES_PASSWORD, "KONTROL_POSTGRES_DBNAME": database_of(url)}
-    init = subprocess.run([sys.executable, "-m", "kontrol", "--initial"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert init.returncode == 0, init.stderr
-    for start in range(2):
-        proc = _serve_kontrol(env)
-        try:
-            probe = Kite("probe", "1.0.0")
-            try:
-                (found,) = probe.get_kites(username="koding")
-                assert found.kite.name == "kontrol" and found.url == f"http://127.0.0.1:{port}/kite", start
-            finally:
-                probe.close()
-        finally:
-            out = _stop(proc)
-        assert "generated a key pair" not in out
-    with open_storage(url) as storage:
-        assert len(storage.list_key_pairs()) == 1
+# -- lifecycle ------------------------------------------------------------------------------
+# (Kontrol itself on postgres, and the kontrol command configured the Go way, KONTROL_STORAGE=postgres
+# and KONTROL_POSTGRES_*, are the shared tests of test_kontrol.py, test_kontrol_kites.py, test_workers.py
+# and test_cli.py, which run on every backend of conftest.BACKENDS.)
 
 
 def test_closed_storage_refuses_calls(pg: PostgresStorage) -> None:
