@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import weakref
 from abc import abstractmethod
+from typing import Any
 
 import gevent
 
@@ -41,18 +42,18 @@ def change_events(old: KiteRecord | None, new: KiteRecord | None) -> list[KiteEv
     return events
 
 
-def _purge_loop(ref: weakref.ref[LocalStorage], interval: float) -> None:
-    # Holds only a weak reference between rounds, so a storage that is dropped without
-    # close() is still collected (and this greenlet then ends).
+def purge_forever(ref: weakref.ref[Any], interval: float) -> None:
+    """Run the storage's ``_purge_round()`` every ``interval`` seconds until it is closed or gone.
+
+    Holds only a weak reference between rounds, so a storage that is dropped without
+    close() is still collected (and this greenlet then ends).
+    """
     while True:
         gevent.sleep(interval)
         storage = ref()
         if storage is None or storage.closed:
             return
-        try:
-            storage.purge_expired()
-        except Exception:
-            log.exception("purging expired kites failed")
+        storage._purge_round()
         del storage
 
 
@@ -64,7 +65,14 @@ class LocalStorage(Storage):
             raise ValueError("purge_interval must be positive")
         self.closed = False
         self._hub = WatchHub()
-        self._purger = gevent.spawn(_purge_loop, weakref.ref(self), purge_interval)
+        self._purger = gevent.spawn(purge_forever, weakref.ref(self), purge_interval)
+
+    def _purge_round(self) -> None:
+        """One round of the purger (:func:`purge_forever`)."""
+        try:
+            self.purge_expired()
+        except Exception:
+            log.exception("purging expired kites failed")
 
     @abstractmethod
     def _purge_expired(self) -> list[KiteRecord]:

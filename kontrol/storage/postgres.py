@@ -104,7 +104,7 @@ from .errors import (
     StorageError,
     StorageUnavailableError,
 )
-from .local import DEFAULT_PURGE_INTERVAL, change_events
+from .local import DEFAULT_PURGE_INTERVAL, change_events, purge_forever
 from .query import KontrolQuery
 from .watch import EventPump, WatchHub
 
@@ -494,17 +494,6 @@ class ConnectionPool:
 # -- the storage ----------------------------------------------------------------------------
 
 
-def _purge_loop(ref: weakref.ref[PostgresStorage], interval: float) -> None:
-    # A weak reference between rounds, so that a storage dropped without close() is collected.
-    while True:
-        gevent.sleep(interval)
-        storage = ref()
-        if storage is None or storage.closed:
-            return
-        storage._purge_round()
-        del storage
-
-
 class PostgresStorage(Storage):
     """Kites, watches and key pairs in PostgreSQL, in the Go Kontrol's schema (see the module docstring).
 
@@ -546,7 +535,7 @@ class PostgresStorage(Storage):
             self._pool.close()
             raise
         self._purge_failing = False
-        self._purger = gevent.spawn(_purge_loop, weakref.ref(self), purge_interval)
+        self._purger = gevent.spawn(purge_forever, weakref.ref(self), purge_interval)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresStorage:
