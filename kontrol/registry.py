@@ -16,7 +16,10 @@ is made to agree with it:
 * an HTTP heartbeat of a kite this registry does not know, but the storage has
   (registered through another Kontrol process on the same storage -- another
   ``--workers`` process, or this one before a restart), adopts it: ``pong``, not
-  ``registeragain``, and this registry keeps it refreshed from then on.
+  ``registeragain``, and this registry keeps it refreshed from then on -- but never
+  writes it back once the storage lost it (heartbeats carry no credentials, so a
+  stranger's heartbeats must not resurrect a kite its own Kontrol deleted); the kite
+  is told ``registeragain`` then and registers itself.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class Entry:
     last_seen: float
     next_refresh: float
     written: bool = field(default=False)
+    #: Taken over from the storage on a heartbeat (:meth:`Registry.seen`), not registered here.
+    adopted: bool = field(default=False)
 
 
 class Registry:
@@ -153,7 +158,7 @@ class Registry:
             return False
         now = time.monotonic()
         self._entries[kite_id] = Entry(record.kite, record.url, record.key_id, HTTP, now, self._next(now),
-                                       written=True)
+                                       written=True, adopted=True)
         log.debug("%s heartbeats here: adopted from the storage", record.kite)
         return True
 
@@ -197,6 +202,12 @@ class Registry:
     def _refresh(self, entry: Entry) -> None:
         try:
             if not self.storage.refresh(entry.kite, self.key_ttl):
+                if entry.adopted:
+                    # Not ours to bring back: whoever registered it deleted it (a websocket kite that
+                    # left -- heartbeats are unauthenticated, anyone can send its id), or it expired.
+                    self._entries.pop(entry.kite.id, None)
+                    log.info("%s, adopted on a heartbeat, is gone from the storage; forgetting it", entry.kite)
+                    return
                 # The entry vanished (expired during an outage, or deleted): write it again.
                 self.storage.upsert(entry.kite, entry.url, entry.key_id, self.key_ttl)
             entry.written = True

@@ -135,3 +135,25 @@ def _answers(base: str) -> bool:
         return requests.get(f"{base}/kite/info", timeout=2).ok
     except requests.ConnectionError:
         return False
+
+
+def test_an_adopted_kite_deleted_by_its_kontrol_is_not_written_back(backend):
+    """Heartbeats carry no credentials: a stranger heartbeating a websocket kite's id through another
+    Kontrol must not keep its entry alive after its own Kontrol deleted it."""
+    if not backend.shared:
+        pytest.skip(f"{backend.kind}: instances do not share what they store")
+    first, second = start_kontrol(backend.open()), start_kontrol(backend.open(), update_interval=0.5)
+    try:
+        math = make_kite(first, "alice", serve=False)
+        assert register_http(f"http://127.0.0.1:{first.kite.port}", math).ok
+        beat = f"http://127.0.0.1:{second.kite.port}/heartbeat"
+        assert requests.get(beat, params={"id": math.id}, timeout=5).text == "pong"
+        first.registry.deregister(math.id)  # its own Kontrol removes it (as on a websocket's close)
+        # The stranger keeps heartbeating; at its next refresh the adopting Kontrol lets go.
+        wait_until(lambda: requests.get(beat, params={"id": math.id}, timeout=5).text == "registeragain", 10,
+                   lambda: "the adopting Kontrol wrote it back")
+        assert second.storage.get_by_id(math.id) is None and first.storage.get_by_id(math.id) is None
+        math.close()
+    finally:
+        first.close()
+        second.close()
