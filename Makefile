@@ -56,9 +56,10 @@ bench: deps
 bench-instructions: deps
 	$(PY) bench/instructions.py
 
-# Kontrol at scale (10k kites on sqlite and etcd): ~4 minutes.
+# Kontrol at scale, today's code against 8e8e5a0 side by side (10k kites; sqlite, etcd, etcd2, postgres;
+# 3 alternating rounds): ~20 minutes. BENCH_KONTROL_ARGS="--quick" (~4 min), "--storage etcd", "--baseline none".
 bench-kontrol: deps
-	$(PY) bench/kontrol_scale.py
+	$(PY) bench/kontrol_scale.py $(BENCH_KONTROL_ARGS)
 
 clean:
 	rm -rf $(VENV) $(KITEJS)/node_modules

@@ -148,17 +148,27 @@ def stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
         _children.remove(proc)
 
 
+def adopt(proc: subprocess.Popen) -> None:
+    """Register a child process started elsewhere, so that :func:`stop_all` and the signal handlers stop it too."""
+    _children.append(proc)
+
+
 def stop_all() -> None:
     """Stop every child still running, newest first."""
     for proc in reversed(list(_children)):
         stop(proc)
 
 
-def _on_signal(signum: int, _frame: Any) -> None:
-    """SIGINT / SIGTERM / SIGHUP: SIGTERM every child, then exit at once (from any greenlet)."""
+def terminate_all() -> None:
+    """SIGTERM every child still running, without waiting for it (safe in a signal handler)."""
     for proc in list(_children):
         if proc.poll() is None:
             proc.terminate()
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    """SIGINT / SIGTERM / SIGHUP: SIGTERM every child, then exit at once (from any greenlet)."""
+    terminate_all()
     print(f"\ninterrupted by signal {signum}; child processes stopped", file=sys.stderr, flush=True)
     os._exit(128 + signum)
 
@@ -211,14 +221,15 @@ def cpu_seconds(pid: int) -> float:
 class Server:
     """A server subprocess whose first stdout line is ``READY <details>``.
 
-    Its stderr goes to a temporary file, quoted when it fails to start.
+    Its stderr goes to a temporary file, quoted when it fails to start; ``env``: its
+    environment (default: this process's).
     """
 
-    def __init__(self, cmd: Sequence[str], cwd: Path, name: str):
+    def __init__(self, cmd: Sequence[str], cwd: Path, name: str, env: dict[str, str] | None = None):
         self.name = name
         self._stderr = tempfile.TemporaryFile()
         self.proc = spawn(cmd, cwd, "server", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=self._stderr)
+                          stderr=self._stderr, env=env)
         line = b""
         with gevent.Timeout(START_TIMEOUT, False):
             line = self.proc.stdout.readline()

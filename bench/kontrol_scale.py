@@ -1,46 +1,72 @@
-"""Kontrol at scale: register rate, ``getKites`` latency and 10k heartbeating kites, on sqlite and etcd.
+"""Kontrol at scale, today's code against a baseline commit side by side: sqlite, etcd v3, etcd2, postgres.
 
-    .venv/bin/python bench/kontrol_scale.py [--kites N] [--quick] [--storage sqlite,etcd] [--pin split|none]
-                                            [--hb-seconds S] [--getkites-calls N] [--ws-kites N] [--py-spy DIR]
+    .venv/bin/python bench/kontrol_scale.py [--baseline REF|none] [--storage sqlite,etcd,etcd2,postgres]
+                                            [--rounds R] [--quick] [--kites N] [--seconds S] [--ws-kites N]
+                                            [--pin split|none] [--py-spy DIR]
 
-For each storage (an sqlite file in a temporary directory; a real etcd -- ``/usr/bin/etcd``
--- started here on free 127.0.0.1 ports, v2 API enabled, with a temporary data dir on
-tmpfs) a Kontrol runs in a process of its own (``--serve``) with the default registry
-timings (heartbeat 10 s, update 60 s, key TTL 90 s; ``--quick``: 2 / 6 / 9 s) and prints
-its port and a kite key for user ``alice``. Then:
+**Versions** (``kontrol_setup.py``). "current" is this working tree, uncommitted changes
+included, its packages copied at the start (edits made while the bench runs do not reach
+later rounds); "baseline" is ``--baseline REF`` (default ``8e8e5a0``, the commit issue 12
+measured), checked out with ``git worktree add --detach``. Both live in temporary dirs,
+removed at exit, on errors and on Ctrl-C. Only the Kontrol differs: each version's Kontrol
+is this script's ``--serve`` in a process of its own, with ``cwd`` and ``PYTHONPATH`` its
+tree and ``sys.path`` and the editable install's finder stripped of every other tree; its
+READY line names the ``kontrol`` it imported and the ``kite``/``kontrol`` modules loaded
+from outside its tree (none are allowed; checked again at the end of the run). ``--serve``
+uses only what the baseline has too: ``Kontrol(config, storage, **registry timings)``, its
+registry's entries (``next_refresh``) and storage, the kite's Flask app. The clients --
+the ``--worker`` processes and this process -- are "current" for both versions.
 
-1. **register rate**: two client processes (``--worker``, the kites split between them,
-   16 registrations in flight each, one keep-alive connection per greenlet) ``POST
-   /register`` N kites (all alice's, distinct ids and hostnames; 10 kites per name).
-   Each kite starts heartbeating as soon as it is registered, as a real kite does.
-2. **getKites**: one kite connection from this process (``kiteKey`` auth) makes
-   sequential ``getKites`` calls, the query forms in turn, each naming a random kite;
-   an answer must hold exactly the expected number of kites. First one call per kite
-   name: Kontrol signs a token per (audience, caller) and reuses it for 48 h, so only
-   a caller's first lookup of a name pays an RSA signature -- reported on its own row.
-   Then the steady state twice: "quiet" (heartbeats paused, at most 8 s at a time, so
-   no kite goes silent for the registry's interval + 20 s; the storage refresher still
-   runs) and with all kites heartbeating.
-3. **heartbeats**: every kite sends ``GET /heartbeat?id=`` once per interval, the kites
-   spread evenly over it. The measured window lasts at least ``--hb-seconds`` and until
-   the Kontrol has refreshed every kite in its storage once (update interval + 3 s after
-   the last registration), so the refresh wave happens under the heartbeat load.
-   Reported: answered heartbeats/s against the offered rate, latency (and how late the
-   clients sent, to tell a slow client from a slow Kontrol), ``registeragain`` answers
-   (must be 0), the Kontrol's CPU (``/proc/PID/task/*/schedstat``), storage refreshes
-   done/failed and how late the refresher got. Then the storage's ``count()`` must be
-   N: the exit status is 1 when a kite was lost.
-4. **websocket register**: ``--worker-ws``: 1k kites (200 with ``--quick``), each a
-   :class:`kite.Kite` calling ``register`` over its own connection; then they close and
-   Kontrol must delete them again.
+**Storages.** sqlite: a new file per run (tmpfs). etcd (v3) and etcd2 (the v2 API, the Go
+layout): one real etcd -- ``/usr/bin/etcd`` -- on free 127.0.0.1 ports with v2 enabled and
+its data on tmpfs; a fresh key prefix per run, deleted after it. postgres: if this tree's
+``open_storage`` takes ``postgres://`` URLs, a throwaway server from ``tests/kontrol/
+conftest.py``'s ``PostgresServer`` (Debian's binaries, fsync off) and a fresh database per
+run, dropped after it. A version whose ``open_storage`` does not know the storage is "n/a"
+there (8e8e5a0 has no postgres backend); missing etcd or PostgreSQL binaries skip the
+storage with a note.
 
-The HTTP clients use ``http.client``, not ``requests`` (see :class:`KeepAlive`). The
-Kontrol's counters come from a ``GET /bench/stats`` route the ``--serve`` process adds
-(storage ``count()``, registry size, storage refresh/upsert timings, refresher lag).
-``--py-spy DIR`` records the Kontrol with py-spy in each phase (collapsed stacks).
-Pinning (``--pin split``, default): the Kontrol on the first CPU, the clients and this
-process on the second, etcd unpinned. Progress on stderr; one table and the machine
-line on stdout. The default takes ~4 minutes on 2 cores, ``--quick`` under one.
+**Rounds.** Per storage, ``--rounds`` (default 3; ``--quick`` 1) rounds of one run of each
+version, the order swapped every round. A run: a fresh Kontrol with the registry's default
+timings (heartbeat 10 s, update 60 s, key TTL 90 s; ``--quick``: 2 / 12 / 18 s, so that its
+5x fewer kites make the same heartbeats/s and refreshes/s), then
+
+1. **HTTP register**: two client processes (``--worker``, 16 registrations in flight each,
+   one keep-alive ``http.client`` connection per greenlet, see :class:`KeepAlive`) ``POST
+   /register`` N kites (default 10,000, ``--quick`` 2,000) of alice's, 100 per name; each
+   heartbeats from its registration on (``GET /heartbeat``, evenly spread over the interval).
+2. **calls** on one kite connection (``kiteKey``) from this process while every kite
+   heartbeats, after one untimed ``getKites`` per name (each signs the caller's token for
+   its audience once; Kontrol caches it 48 h): ``getKites`` with 1 match (a random kite's 7
+   fields), with 100 matches (``username/environment/name``) and ``getToken`` (a random
+   kite's 7 fields, what token renewal asks), each with 1 and with 16 calls in flight on
+   the connection, ~``--seconds`` each (default 2, ``--quick`` 0.8), sized by a short probe
+   that also warms the row up. Every answer is checked.
+3. **heartbeats during a refresh wave**: the registry refreshes a kite in its storage
+   0.8-1.0 update intervals after writing it, so kites registered together come back 48-60 s
+   later as one wave. The bench does not wait for it: ``POST /bench/refresh-wave`` makes
+   every kite's refresh due within 0.2 update intervals (12 s) from now -- that wave, brought
+   forward. Measured over it (at least one heartbeat interval, and until every kite of the
+   wave was refreshed, at most 30 s past its end): heartbeats answered/s against the offered
+   rate, their latency, refreshes failed or left undone, how late the refresher got.
+4. **kites lost**: the storage's ``count()`` (without Kontrol's own entry, which today's
+   Kontrol writes and the baseline's does not) and the registry must hold every registered
+   kite; ``registeragain`` answers and errors of any kind are counted as well.
+5. **websocket register** (``--ws-kites``, default 200, ``--quick`` 100; 0 skips): that many
+   :class:`kite.Kite` s call ``register`` over their own connection, 32 at a time, then
+   close; Kontrol must delete them again.
+
+**Output**: one table per storage -- per row the current and the baseline median over the
+rounds, the ratio current / baseline (median of the per-round ratios, and their min-max),
+p50 / p99 latency, the Kontrol's CPU -- the checks under it, and the machine line with the
+load average (other processes on the machine move the absolute figures). The exit status
+is 1 when a kite was lost in either version or a run failed. Every row is one Kontrol
+process: the all-cores rows (``kontrol --workers N``, which the baseline lacks) are not
+measured yet. Pinning (``--pin split``, default): the Kontrols on the first CPU, the
+clients and this process on the second, etcd and PostgreSQL unpinned. ``--py-spy DIR``
+records the Kontrol in each phase (collapsed stacks). Progress on stderr. On the 2-core
+machine it was written on, the default run takes ~15 minutes when the machine is otherwise
+idle, ``--quick`` ~3.
 """
 
 from __future__ import annotations
@@ -50,8 +76,6 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
-import atexit  # noqa: E402
-import functools  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -59,13 +83,12 @@ import os  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -76,42 +99,60 @@ import gevent  # noqa: E402
 import requests  # noqa: E402
 from gevent.fileobject import FileObjectPosix  # noqa: E402
 from gevent.queue import Queue  # noqa: E402
+from kontrol_setup import (  # noqa: E402
+    Sites,
+    Tree,
+    baseline_tree,
+    common_cpus,
+    current_tree,
+    etcd_version,
+    foreign_modules,
+    install_cleanup,
+    scratch_dir,
+    use_tree,
+)
 
 SCRIPT = str(Path(__file__).resolve())
-STORAGES = ("sqlite", "etcd")
+STORAGES = ("sqlite", "etcd", "etcd2", "postgres")
+DEFAULT_BASELINE = "8e8e5a0"
 USER = "alice"
 ENVIRONMENT = "bench"
 WS_ENVIRONMENT = "bench-ws"
 REGION = "eu"
 VERSION = "1.0.0"
-#: Kites per name: the "10 kites" query asks for one name.
-PER_NAME = 10
-#: Registry timings (seconds): the defaults, and the --quick ones (same proportions, 5x faster).
+#: Kites per name: the "100 matches" query asks for one name (10,000 kites: 100 names).
+PER_NAME = 100
+#: Registry timings (seconds): the defaults, and the --quick ones. --quick has 5x fewer kites: heartbeats
+#: 5x as often and refreshes 5x as often as their TTL allows the default's load -- the same heartbeats/s
+#: and storage refreshes/s, and the same refresh wave (kites/s), as 10k kites with the defaults.
 TIMINGS = {"default": {"heartbeat_interval": 10.0, "update_interval": 60.0, "key_ttl": 90.0},
-           "quick": {"heartbeat_interval": 2.0, "update_interval": 6.0, "key_ttl": 9.0}}
+           "quick": {"heartbeat_interval": 2.0, "update_interval": 12.0, "key_ttl": 18.0}}
 #: Client processes, and registrations / heartbeats in flight per process.
 WORKERS = 2
 REGISTER_CONCURRENCY = 16
 HEARTBEAT_CONCURRENCY = 16
 WS_CONCURRENCY = 32
-#: Targets of the issue: getKites p50 per storage (ms).
-GETKITES_P50_TARGET_MS = {"sqlite": 2.0, "etcd": 5.0}
-#: "Not falling behind": answered heartbeats/s at least this share of the offered rate, the
-#: Kontrol below this CPU share, the refresher never later than this (seconds).
+#: Calls per call in flight that warm a call row up and size it (its timed calls then take ~--seconds).
+PROBE_CALLS = 4
+#: The refresh wave: every kite due within this share of the update interval (the registry
+#: spreads a kite's refresh over [0.8, 1.0] update intervals after its last write).
+WAVE_SHARE = 0.2
+#: The wave's window lasts at least its spread plus this (and one heartbeat interval), and until
+#: every kite of the wave was refreshed; the refresher gets WAVE_TIMEOUT seconds after the wave's
+#: end before the window is closed anyway.
+WAVE_TAIL = 3.0
+WAVE_TIMEOUT = 30.0
+#: "Not falling behind" during the wave: answered heartbeats at least this share of the offered rate.
 HB_RATE_SHARE = 0.98
-CPU_LIMIT = 0.90
-REFRESH_LAG_LIMIT_S = 5.0
 #: Seconds a client phase may take before the run is abandoned.
 PHASE_TIMEOUT = 300.0
-ETCD_START_TIMEOUT = 30.0
 HTTP_TIMEOUT = 30.0
-#: Longest pause of the heartbeats for a "quiet" getKites run, seconds (the registry forgets a
-#: kite after heartbeat interval + 20 s without a beat).
-QUIET_SLICE = 8.0
+#: Seconds the Kontrol gets to delete the websocket kites after they close.
+WS_DELETE_TIMEOUT = 15.0
 
 
 def kite_id(run: str, i: int) -> str:
-    """The id of kite ``i`` (a UUID, as real kites have)."""
+    """The id of kite ``i`` (a UUID, as real kites have; PostgreSQL's Go schema takes nothing else)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kontrol-scale/{run}/{i}"))
 
 
@@ -124,8 +165,14 @@ def hostname(i: int) -> str:
 
 
 def identity(run: str, i: int) -> dict[str, str]:
+    """Kite ``i``'s 7 fields: the "1 match" query, and what it registers as."""
     return {"name": kite_name(i), "username": USER, "id": kite_id(run, i), "environment": ENVIRONMENT,
             "region": REGION, "version": VERSION, "hostname": hostname(i)}
+
+
+def name_query(group: int) -> dict[str, str]:
+    """The "100 matches" query: every kite of name ``group``."""
+    return {"username": USER, "environment": ENVIRONMENT, "name": kite_name(group * PER_NAME)}
 
 
 def latency_summary(ms: list[float]) -> dict[str, float | None]:
@@ -174,19 +221,37 @@ class KeepAlive:
 
 # --------------------------------------------------------------------------- --serve: the Kontrol
 
+def serve(storage: str, timings: dict[str, float], tree: Path) -> None:
+    """``--serve STORAGE``: a Kontrol of ``tree``'s code on 127.0.0.1 and a free port.
 
-def serve(storage: str, timings: dict[str, float]) -> None:
-    """``--serve STORAGE``: a Kontrol on 127.0.0.1 and a free port; prints ``READY {port, url, kite_key}``."""
+    Prints ``READY {port, url, kite_key, kontrol_file, modules, foreign}``, or ``READY
+    {unsupported}`` when this version's ``open_storage`` does not know the storage.
+    Routes for the bench: ``GET /bench/stats`` (refresh and upsert counters, registry
+    size, refresher lag, refreshes of the wave still to do: no storage call), ``GET
+    /bench/count`` (the storage's count of kites without Kontrol's own entry; the
+    registry's; the modules check again) and ``POST /bench/refresh-wave?spread=S`` (every
+    live kite's refresh due within S seconds, or sooner if it was due sooner).
+    """
+    from flask import jsonify, request
+
+    import kontrol as kontrol_package
     from kite import Config
     from kontrol import Kontrol
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = Config()
     config.username, config.ip, config.port = "koding", common.HOST, 0
-    kontrol = Kontrol(config, storage, **timings)
+    try:
+        kontrol = Kontrol(config, storage, **timings)
+    except ValueError as e:
+        if "unknown storage" not in str(e):
+            raise
+        print("READY " + json.dumps({"unsupported": str(e)}), flush=True)
+        return
     counters = {"upserts": 0, "upsert_s": 0.0, "refreshes": 0, "refresh_s": 0.0, "refresh_missing": 0,
                 "refresh_failed": 0, "max_lag_s": 0.0}
     store = kontrol.storage
+    inf = float("inf")
 
     def timed(calls: str, seconds: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -209,13 +274,13 @@ def serve(storage: str, timings: dict[str, float]) -> None:
     # The registry calls them through the instance, so these wrappers see every call.
     store.upsert = timed("upserts", "upsert_s", store.upsert)
     store.refresh = timed("refreshes", "refresh_s", store.refresh)
-    registry = kontrol.registry
+    entries = kontrol.registry._entries
+    wave = {"end": float("-inf")}  # when the last refresh of the bench's wave is due
 
     def lag() -> float:
         """How long the most overdue refresh has been due (in-progress ones are ``inf``)."""
         now = time.monotonic()
-        due = [now - e.next_refresh for e in list(registry._entries.values()) if e.next_refresh != float("inf")]
-        return max([0.0, *due])
+        return max([0.0, *(now - e.next_refresh for e in list(entries.values()) if e.next_refresh != inf)])
 
     def watch_lag() -> None:
         while True:
@@ -223,17 +288,37 @@ def serve(storage: str, timings: dict[str, float]) -> None:
             counters["max_lag_s"] = max(counters["max_lag_s"], lag())
 
     def stats() -> Any:
-        from flask import jsonify
+        pending = sum(1 for e in list(entries.values()) if e.next_refresh <= wave["end"] or e.next_refresh == inf)
+        return jsonify({**counters, "registry": len(entries), "lag_s": lag(), "wave_pending": pending})
 
-        return jsonify({**counters, "count": store.count(), "registry": len(registry), "lag_s": lag()})
+    def count() -> Any:
+        own = store.get_by_id(kontrol.kite.id) is not None  # today's Kontrol registers itself, 8e8e5a0's does not
+        modules, foreign = foreign_modules(tree)
+        live = len(entries) - (kontrol.kite.id in entries)
+        return jsonify({"count": store.count() - own, "own": own, "registry": live, "modules": modules,
+                        "foreign": foreign})
 
-    kontrol.kite.app.add_url_rule("/bench/stats", "bench_stats", stats)
+    def refresh_wave() -> Any:
+        now, spread = time.monotonic(), float(request.args["spread"])
+        due = [e for e in list(entries.values()) if e.next_refresh != inf and e.kite.id != kontrol.kite.id]
+        for e in due:  # brought forward, never put off (an overdue refresh stays due)
+            e.next_refresh = min(e.next_refresh, now + random.uniform(0.0, spread))
+        wave["end"] = now + spread
+        return jsonify({"scheduled": len(due)})
+
+    app = kontrol.kite.app
+    app.add_url_rule("/bench/stats", "bench_stats", stats)
+    app.add_url_rule("/bench/count", "bench_count", count)
+    app.add_url_rule("/bench/refresh-wave", "bench_refresh_wave", refresh_wave, methods=["POST"])
     server = gevent.spawn(kontrol.run)
     if not kontrol.kite.server_ready_notify().wait(20):
         sys.exit("the Kontrol did not start")
     gevent.spawn(watch_lag)
     key = kontrol.register_user(USER)
-    print("READY " + json.dumps({"port": kontrol.kite.port, "url": kontrol.kite.url, "kite_key": key}), flush=True)
+    modules, foreign = foreign_modules(tree)
+    print("READY " + json.dumps({"port": kontrol.kite.port, "url": kontrol.kite.url, "kite_key": key,
+                                 "kontrol_file": kontrol_package.__file__, "modules": modules, "foreign": foreign}),
+          flush=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, kontrol.close)
     server.join()
@@ -263,8 +348,8 @@ class Window:
 def worker(spec: dict[str, Any]) -> None:
     """``--worker SPEC``: register kites ``index, index + workers, ...`` over HTTP, then heartbeat them.
 
-    stdin commands: ``go`` (start), ``pause`` / ``resume`` (heartbeats), ``mark`` (print the
-    heartbeat window so far and start a new one), ``stop``.
+    stdin commands: ``go`` (start), ``mark`` (print the heartbeat window so far and start a
+    new one), ``stop``.
     """
     port, key, run = spec["port"], spec["kite_key"], spec["run"]
     total, interval = spec["kites"], spec["interval"]
@@ -276,7 +361,7 @@ def worker(spec: dict[str, Any]) -> None:
     if stdin.readline().strip() != b"go":
         return
     t0 = spec["t0"]  # the heartbeat schedule's origin (CLOCK_MONOTONIC is system-wide)
-    state = {"paused": False, "window": Window(), "again_total": 0, "errors_total": 0}
+    state = {"window": Window(), "again_total": 0, "errors_total": 0}
 
     def register_all() -> None:
         todo = iter(mine)
@@ -316,7 +401,7 @@ def worker(spec: dict[str, Any]) -> None:
                 wait = due - time.monotonic()
                 if wait > 0.002:
                     gevent.sleep(wait)
-                if not state["paused"] and i in registered:
+                if i in registered:
                     queue.put((i, due))
             cycle += 1
 
@@ -350,11 +435,7 @@ def worker(spec: dict[str, Any]) -> None:
     jobs += [gevent.spawn(beat) for _ in range(spec["heartbeat_concurrency"])]
     for line in stdin:
         command = line.strip().decode()
-        if command == "pause":
-            state["paused"] = True
-        elif command == "resume":
-            state["paused"] = False
-        elif command == "mark":
+        if command == "mark":
             window, state["window"] = state["window"], Window()
             print(json.dumps({"window": window.to_json(), "again_total": state["again_total"],
                               "errors_total": state["errors_total"], "queued": queue.qsize()}), flush=True)
@@ -364,12 +445,13 @@ def worker(spec: dict[str, Any]) -> None:
 
 
 class Worker:
-    """A ``--worker`` or ``--worker-ws`` process (it answers ``{"ready": true}`` once set up)."""
+    """A ``--worker`` or ``--worker-ws`` process on ``tree``'s code (it answers ``{"ready": true}`` once set up)."""
 
-    def __init__(self, mode: str, spec: dict[str, Any], ready_timeout: float = 30):
+    def __init__(self, tree: Tree, mode: str, spec: dict[str, Any], ready_timeout: float = 30):
         self._stderr = tempfile.TemporaryFile()
-        self.proc = common.spawn([sys.executable, SCRIPT, mode, json.dumps(spec)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=self._stderr)
+        cmd, env = tree.command(SCRIPT, mode, json.dumps(spec))
+        self.proc = common.spawn(cmd, tree.path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                 env=env)
         self.answer(ready_timeout)
 
     def answer(self, timeout: float = 30) -> dict[str, Any]:
@@ -434,83 +516,7 @@ def worker_ws(spec: dict[str, Any]) -> None:
     stdin.readline()
 
 
-# --------------------------------------------------------------------------- etcd
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((common.HOST, 0))
-        return s.getsockname()[1]
-
-
-class Etcd:
-    """A single-node etcd on free 127.0.0.1 ports (v2 API enabled) with a temporary data dir."""
-
-    def __init__(self, scratch: Path, unpin: bool):
-        self.client_port, self.peer_port = free_port(), free_port()
-        self.url = f"http://{common.HOST}:{self.client_port}"
-        self.log_path = scratch / "etcd.log"
-        peer = f"http://{common.HOST}:{self.peer_port}"
-        binary = shutil.which("etcd") or "/usr/bin/etcd"
-        cmd = [binary, "--name=kontrol-bench", f"--data-dir={scratch / 'etcd-data'}",
-               f"--listen-client-urls={self.url}", f"--advertise-client-urls={self.url}",
-               f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-               f"--initial-cluster=kontrol-bench={peer}", "--enable-v2=true", "--logger=zap", "--log-level=warn"]
-        taskset = shutil.which("taskset")
-        if unpin and taskset:  # spawned as a server (pinned); etcd gets every CPU back
-            cmd = [taskset, "-c", ",".join(map(str, sorted(common_cpus()))), *cmd]
-        with open(self.log_path, "ab") as log:
-            self.proc = common.spawn(cmd, role="server", stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + ETCD_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                health = requests.get(self.url + "/health", timeout=1).json()
-                if health.get("health") == "true" and requests.get(self.url + "/v2/keys", timeout=1).ok:
-                    return
-            except (requests.RequestException, ValueError):
-                pass
-            gevent.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"etcd did not become healthy in {ETCD_START_TIMEOUT:g} s: {self.log_tail()}")
-
-    def log_tail(self, size: int = 800) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-size:]
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        common.stop(self.proc)
-
-
-@functools.lru_cache(maxsize=1)
-def common_cpus() -> set[int]:
-    """Every CPU this process could run on before pinning."""
-    return set(os.sched_getaffinity(0))
-
-
-def etcd_version() -> str:
-    binary = shutil.which("etcd") or "/usr/bin/etcd"
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return out.split("\n", 1)[0].replace("etcd Version: ", "")
-
-
-# --------------------------------------------------------------------------- the measurements
-
-
-@dataclass
-class Row:
-    storage: str
-    measurement: str
-    value: str
-    target: str = ""
-    ok: bool | None = None
+# --------------------------------------------------------------------------- one run
 
 
 @dataclass
@@ -518,11 +524,66 @@ class Plan:
     kites: int
     quick: bool
     timings: dict[str, float]
-    hb_seconds: float
-    getkites_calls: int
+    seconds: float
     ws_kites: int
+    rounds: int
     pin: bool
     py_spy: Path | None = None
+
+    @property
+    def wave_spread(self) -> float:
+        return WAVE_SHARE * self.timings["update_interval"]
+
+
+@dataclass
+class Measure:
+    """One row of one run: calls/s (or the row's figure), latency in ms, the Kontrol's CPU %."""
+
+    rate: float | None
+    p50: float | None = None
+    p99: float | None = None
+    cpu: float | None = None
+    errors: int = 0
+
+
+@dataclass
+class RunResult:
+    """Everything one run of one version measured; ``failed`` / ``unsupported``: why it has nothing."""
+
+    measures: dict[str, Measure] = field(default_factory=dict)
+    registered: int = 0
+    lost: int = 0
+    again: int = 0
+    errors: int = 0
+    first_error: str = ""
+    scheduled: int = 0
+    wave_left: int = 0
+    wave_seconds: float = 0.0
+    refresh_failed: int = 0
+    max_lag: float = 0.0
+    kontrol_file: str = ""
+    modules: int = 0
+    #: Seconds per phase (progress lines), and the 1-minute load average at the end.
+    phases: dict[str, float] = field(default_factory=dict)
+    load: float | None = None
+    failed: str = ""
+    unsupported: str = ""
+
+    def error(self, count: int, text: str) -> None:
+        self.errors += count
+        if count and not self.first_error:
+            self.first_error = text
+
+
+@contextmanager
+def phase(plan: Plan, pid: int, result: RunResult, run_name: str, name: str) -> Iterator[None]:
+    """A phase of a run: timed into ``result.phases``, and profiled with ``--py-spy``."""
+    t0 = time.monotonic()
+    try:
+        with profiled(plan, pid, f"{run_name}-{name}"):
+            yield
+    finally:
+        result.phases[name] = time.monotonic() - t0
 
 
 @contextmanager
@@ -532,11 +593,9 @@ def profiled(plan: Plan, pid: int, name: str) -> Iterator[None]:
     if plan.py_spy is None:
         yield
         return
-    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    out = plan.py_spy / f"{name}.txt"
-    proc = common.spawn([binary, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking",
-                         "-o", str(out)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
+    cmd = [py_spy_binary() or "py-spy", "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+           "--nonblocking", "-o", str(plan.py_spy / f"{name}.txt")]
+    proc = common.spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
     finally:
@@ -548,88 +607,9 @@ def profiled(plan: Plan, pid: int, name: str) -> Iterator[None]:
         common.stop(proc)
 
 
-QUERY_FORMS = ("7 fields", "id only", "6 fields (…/hostname)", "constraint + id prefix", "3 fields: 10 kites")
-
-
-def query_for(form: str, run: str, kites: int, rng: random.Random) -> tuple[dict[str, str], int]:
-    """A getKites query of ``form`` naming random kites, and how many kites it must find."""
-    i = rng.randrange(kites)
-    k = identity(run, i)
-    if form == "7 fields":
-        return {f: k[f] for f in ("username", "environment", "name", "version", "region", "hostname", "id")}, 1
-    if form == "id only":
-        return {"id": k["id"]}, 1
-    if form == "6 fields (…/hostname)":
-        return {f: k[f] for f in ("username", "environment", "name", "version", "region", "hostname")}, 1
-    if form == "constraint + id prefix":
-        q = {f: k[f] for f in ("username", "environment", "name", "region", "hostname")}
-        return {**q, "version": ">= 1.0.0, < 2.0.0", "id": k["id"][:8]}, 1
-    group = rng.randrange(kites // PER_NAME)
-    return {"username": USER, "environment": ENVIRONMENT, "name": kite_name(group * PER_NAME)}, PER_NAME
-
-
-class GetKitesRun:
-    """Sequential getKites on one connection, the query forms in turn; per form (latencies ms, errors)."""
-
-    def __init__(self, client: Any, run: str, kites: int, seed: int):
-        self.client, self.run_id, self.kites = client, run, kites
-        self.rng = random.Random(seed)
-        self.out: dict[str, tuple[list[float], list[str]]] = {f: ([], []) for f in QUERY_FORMS}
-        self.done = 0
-        #: Seconds spent calling, and the Kontrol's CPU seconds meanwhile.
-        self.seconds = self.server_cpu = 0.0
-
-    def run(self, calls: int, server_pid: int, deadline: float = float("inf")) -> None:
-        """Call until ``calls`` calls were made in all, or until ``deadline`` (monotonic)."""
-        t0, cpu0 = time.monotonic(), cpu_now(server_pid)
-        while self.done < calls and time.monotonic() < deadline:
-            form = QUERY_FORMS[self.done % len(QUERY_FORMS)]
-            self.done += 1
-            query, expected = query_for(form, self.run_id, self.kites, self.rng)
-            t = time.perf_counter()
-            try:
-                found = self.client.tell_with_timeout("getKites", HTTP_TIMEOUT, {"query": query})["kites"]
-            except Exception as e:
-                self.out[form][1].append(repr(e))
-                continue
-            elapsed = (time.perf_counter() - t) * 1000
-            if len(found) != expected:
-                self.out[form][1].append(f"{query} found {len(found)} kites, expected {expected}")
-                continue
-            self.out[form][0].append(elapsed)
-        self.seconds += time.monotonic() - t0
-        self.server_cpu += (cpu_now(server_pid) or 0.0) - (cpu0 or 0.0)
-
-
-def first_lookups(client: Any, kites: int) -> tuple[list[float], list[str]]:
-    """The 10-kite query once for every kite name, in random order: (latencies ms, errors)."""
-    groups = list(range(kites // PER_NAME))
-    random.Random(3).shuffle(groups)
-    latencies: list[float] = []
-    errors: list[str] = []
-    for g in groups:
-        query = {"username": USER, "environment": ENVIRONMENT, "name": kite_name(g * PER_NAME)}
-        t = time.perf_counter()
-        try:
-            found = client.tell_with_timeout("getKites", HTTP_TIMEOUT, {"query": query})["kites"]
-        except Exception as e:
-            errors.append(repr(e))
-            continue
-        if len(found) != PER_NAME:
-            errors.append(f"{query} found {len(found)} kites, expected {PER_NAME}")
-            continue
-        latencies.append((time.perf_counter() - t) * 1000)
-    client.tell_with_timeout("getKites", HTTP_TIMEOUT, {"query": {"id": "warm-up"}})  # the "/" audience
-    return latencies, errors
-
-
-def cpu_percent(pid: int | None, before: float | None, seconds: float) -> float | None:
-    if pid is None or before is None or seconds <= 0:
-        return None
-    try:
-        return (common.cpu_seconds(pid) - before) / seconds * 100
-    except OSError:
-        return None
+def py_spy_binary() -> str | None:
+    venv = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(venv) if venv.exists() else None)
 
 
 def cpu_now(pid: int | None) -> float | None:
@@ -639,283 +619,558 @@ def cpu_now(pid: int | None) -> float | None:
         return None
 
 
-def clients_cpu(workers: list[Worker]) -> float:
-    """CPU seconds the client processes have used so far."""
-    return sum(cpu_now(w.proc.pid) or 0.0 for w in workers)
+class CpuMeter:
+    """The CPU % process ``pid`` used since the meter was made."""
+
+    def __init__(self, pid: int):
+        self.pid, self.cpu0, self.t0 = pid, cpu_now(pid), time.monotonic()
+
+    def percent(self) -> float | None:
+        cpu, seconds = cpu_now(self.pid), time.monotonic() - self.t0
+        return None if cpu is None or self.cpu0 is None or seconds <= 0 else (cpu - self.cpu0) / seconds * 100
 
 
-def ms(v: float | None) -> str:
-    return common.fmt(v, 2)
+class KontrolProcess:
+    """One version's ``--serve`` process on one storage location, and its bench routes."""
+
+    def __init__(self, tree: Tree, location: str, plan: Plan):
+        cmd, env = tree.command(SCRIPT, "--serve", location, "--timings", json.dumps(plan.timings))
+        self.server = common.Server(cmd, tree.path, f"{tree.name} Kontrol", env=env)
+        self.info = json.loads(self.server.ready)
+        self.session = requests.Session()
+        if "unsupported" in self.info:
+            return
+        kontrol_file = Path(self.info["kontrol_file"]).resolve()
+        if not kontrol_file.is_relative_to(tree.path) or self.info["foreign"]:
+            raise RuntimeError(f"the {tree.name} Kontrol imported kontrol from {kontrol_file} and "
+                               f"{self.info['foreign']} from outside {tree.path}")
+        self.base = f"http://{common.HOST}:{self.info['port']}"
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    def stats(self) -> dict[str, Any]:
+        return self.session.get(self.base + "/bench/stats", timeout=HTTP_TIMEOUT).json()
+
+    def count(self) -> dict[str, Any]:
+        return self.session.get(self.base + "/bench/count", timeout=HTTP_TIMEOUT).json()
+
+    def refresh_wave(self, spread: float) -> int:
+        r = self.session.post(self.base + "/bench/refresh-wave", params={"spread": spread}, timeout=HTTP_TIMEOUT)
+        return r.json()["scheduled"]
+
+    def stop(self) -> None:
+        self.session.close()
+        self.server.stop()
 
 
-def run_storage(kind: str, plan: Plan, scratch: Path) -> tuple[list[Row], bool]:
-    """Every measurement on one storage; returns the rows and whether a kite was lost."""
-    rows: list[Row] = []
+def start_workers(kontrol: KontrolProcess, clients: Tree, run: str, plan: Plan) -> list[Worker]:
+    """The ``--worker`` processes, set up (they register when told ``go``)."""
+    t0 = time.monotonic() + 1.0
+    specs = [{"port": kontrol.info["port"], "kite_key": kontrol.info["kite_key"], "run": run, "kites": plan.kites,
+              "interval": plan.timings["heartbeat_interval"], "index": w, "workers": WORKERS, "t0": t0,
+              "register_concurrency": REGISTER_CONCURRENCY, "heartbeat_concurrency": HEARTBEAT_CONCURRENCY}
+             for w in range(WORKERS)]
+    return [Worker(clients, "--worker", spec) for spec in specs]
 
-    def add(measurement: str, value: str, target: str = "", ok: bool | None = None) -> None:
-        rows.append(Row(kind, measurement, value, target, ok))
 
-    etcd = None
-    server = None
-    workers: list[Worker] = []
-    ws_worker: Worker | None = None
-    caller = None
-    session = requests.Session()
-    lost = True
+def register_phase(kontrol: KontrolProcess, workers: list[Worker], result: RunResult) -> Measure:
+    """Phase 1: the workers register every kite over HTTP."""
+    meter = CpuMeter(kontrol.pid)
+    for w in workers:
+        w.tell("go")
+    reports = [w.answer(PHASE_TIMEOUT) for w in workers]
+    cpu = meter.percent()
+    seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    result.registered = sum(r["registered"] for r in reports)
+    errors = sum(r["errors"] for r in reports)
+    result.error(errors, next((r["first_error"] for r in reports if r["errors"]), ""))
+    lat = latency_summary([x for r in reports for x in r["latencies_ms"]])
+    return Measure(result.registered / seconds if seconds > 0 else None, lat["p50"], lat["p99"], cpu, errors)
+
+
+@contextmanager
+def caller_client(url: str, key: str) -> Iterator[Any]:
+    """A kite connection to the Kontrol from this process, with alice's kite key."""
+    from kite import Auth, Config, Kite
+
+    cfg = Config()
+    cfg.username, cfg.environment, cfg.region, cfg.kite_key = USER, ENVIRONMENT, REGION, key
+    caller = Kite("bench-caller", VERSION, cfg)
     try:
-        if kind == "etcd":
-            etcd = Etcd(scratch, plan.pin)
-            storage = f"etcd://{common.HOST}:{etcd.client_port}/kontrol-bench"
-        else:
-            storage = str(scratch / "kontrol.db")
-        server = common.Server([sys.executable, SCRIPT, "--serve", storage, "--timings", json.dumps(plan.timings)],
-                               common.ROOT, f"Kontrol on {kind}")
-        info = json.loads(server.ready)
-        base, key, url = f"http://{common.HOST}:{info['port']}", info["kite_key"], info["url"]
-
-        def stats() -> dict[str, Any]:
-            return session.get(base + "/bench/stats", timeout=HTTP_TIMEOUT).json()
-
-        run = uuid.uuid4().hex[:8]
-        n, interval = plan.kites, plan.timings["heartbeat_interval"]
-
-        # 1. register over HTTP; every kite heartbeats from its registration on
-        common.progress(f"[{kind}] registering {n:,} kites over HTTP ({WORKERS} processes × "
-                        f"{REGISTER_CONCURRENCY} in flight)")
-        t0 = time.monotonic() + 1.0
-        for w in range(WORKERS):
-            spec = {"port": info["port"], "kite_key": key, "run": run, "kites": n, "interval": interval, "index": w,
-                    "workers": WORKERS, "t0": t0, "register_concurrency": REGISTER_CONCURRENCY,
-                    "heartbeat_concurrency": HEARTBEAT_CONCURRENCY}
-            workers.append(Worker("--worker", spec))
-        cpu0, etcd_cpu0, s0 = cpu_now(server.pid), cpu_now(etcd.proc.pid if etcd else None), stats()
-        clients_cpu0 = clients_cpu(workers)
-        with profiled(plan, server.pid, f"{kind}-register"):
-            for w in workers:
-                w.tell("go")
-            reports = [w.answer(PHASE_TIMEOUT) for w in workers]
-        start, end = min(r["start"] for r in reports), max(r["end"] for r in reports)
-        reg_seconds = end - start
-        s1 = stats()
-        registered = sum(r["registered"] for r in reports)
-        reg_errors = sum(r["errors"] for r in reports)
-        lat = latency_summary([x for r in reports for x in r["latencies_ms"]])
-        srv_cpu = cpu_percent(server.pid, cpu0, reg_seconds)
-        etcd_cpu = cpu_percent(etcd.proc.pid if etcd else None, etcd_cpu0, reg_seconds)
-        client_cpu = (clients_cpu(workers) - clients_cpu0) / reg_seconds * 100
-        upserts = s1["upserts"] - s0["upserts"]
-        upsert_ms = (s1["upsert_s"] - s0["upsert_s"]) / upserts * 1000 if upserts else None
-        note = (f"p50 {ms(lat['p50'])} / p99 {ms(lat['p99'])} ms; Kontrol CPU {common.fmt(srv_cpu)}%"
-                f"{f', etcd CPU {common.fmt(etcd_cpu)}%' if etcd else ''}; storage upsert {ms(upsert_ms)} ms avg")
-        add(f"HTTP register, {n:,} kites, {WORKERS * REGISTER_CONCURRENCY} in flight",
-            f"{common.fmt(registered / reg_seconds)} /s ({reg_seconds:.1f} s)", "", None)
-        add("  HTTP register latency", note)
-        if reg_errors:
-            add("  HTTP register errors", f"{reg_errors:,}: {next(r['first_error'] for r in reports if r['errors'])}",
-                "0", False)
-        common.progress(f"[{kind}] {registered:,} registered in {reg_seconds:.1f} s "
-                        f"({registered / reg_seconds:,.0f}/s; {note}; client processes CPU {client_cpu:.0f}%); "
-                        f"{reg_errors} errors")
-
-        # 2. getKites, quiet then under the heartbeat load
-        from kite import Auth, Config, Kite
-
-        cfg = Config()
-        cfg.username, cfg.environment, cfg.region, cfg.kite_key = USER, ENVIRONMENT, REGION, key
-        caller = Kite("bench-caller", VERSION, cfg)
         client = caller.new_client(url)
         client.auth = Auth("kiteKey", key)
         client.dial_timeout(10)
-        # Warm-up: one call per kite name. Kontrol caches a caller's token per audience
-        # (/user/env/name) for its 48 h life, so only a caller's first lookup of a name pays
-        # an RSA signature; these first calls are reported apart from the steady state.
-        common.progress(f"[{kind}] warm-up: one getKites per kite name ({n // PER_NAME:,} names, first lookups)")
-        first = first_lookups(client, n)
-        s = latency_summary(first[0])
-        value = f"p50 {ms(s['p50'])} / p99 {ms(s['p99'])} ms ({n // PER_NAME:,} names, 10-kite query, heartbeating)"
-        add("getKites first call per name (signs a token)",
-            value + (f"; {len(first[1])} errors: {first[1][0][:120]}" if first[1] else ""), "",
-            None if not first[1] else False)
-        target_ms = GETKITES_P50_TARGET_MS[kind]
-        calls = plan.getkites_calls
-        for label, quiet in (("quiet", True), ("heartbeating", False)):
-            common.progress(f"[{kind}] {calls:,} getKites, {label}")
-            gk = GetKitesRun(client, run, n, 1 if quiet else 2)
-            with profiled(plan, server.pid, f"{kind}-getkites-{'quiet' if quiet else 'loaded'}"):
-                if not quiet:
-                    gk.run(calls, server.pid)
-                while gk.done < calls:
-                    # Heartbeats paused at most QUIET_SLICE seconds at a time, then every kite
-                    # beats once: none may go quiet for the registry's interval + 20 s.
-                    for w in workers:
-                        w.tell("pause")
-                    gevent.sleep(0.3)
-                    gk.run(calls, server.pid, time.monotonic() + QUIET_SLICE)
-                    for w in workers:
-                        w.tell("resume")
-                    if gk.done < calls:
-                        common.progress(f"[{kind}]   {gk.done:,} calls; heartbeats resumed for {interval:g} s")
-                        gevent.sleep(interval + 0.5)
-            for form, (latencies, errors) in gk.out.items():
-                if not latencies and not errors:
-                    continue
-                s = latency_summary(latencies)
-                ok = not errors and s["p50"] is not None and s["p50"] < target_ms
-                value = f"p50 {ms(s['p50'])} / p99 {ms(s['p99'])} ms"
-                if errors:
-                    value += f"; {len(errors)} errors: {errors[0][:120]}"
-                add(f"getKites {form}, {label}", value, f"p50 < {target_ms:g} ms", ok)
-            common.progress(f"[{kind}]   Kontrol CPU {gk.server_cpu / gk.seconds * 100:.0f}% during the getKites run")
-
-        # 3. the heartbeat window, long enough for the storage refresh wave
-        for w in workers:
-            w.tell("mark")
-        queued = [w.answer()["queued"] for w in workers]
-        s0 = stats()
-        win_start = time.monotonic()
-        win_end = max(win_start + plan.hb_seconds, end + plan.timings["update_interval"] + 3)
-        cpu0, etcd_cpu0 = cpu_now(server.pid), cpu_now(etcd.proc.pid if etcd else None)
-        common.progress(f"[{kind}] {n:,} kites heartbeating every {interval:g} s: measuring "
-                        f"{win_end - win_start:.0f} s (until every kite was refreshed in the storage once)")
-        max_lag = s0["lag_s"]
-        clients_cpu0 = clients_cpu(workers)
-        with profiled(plan, server.pid, f"{kind}-heartbeats"):
-            while time.monotonic() < win_end:
-                gevent.sleep(min(2.0, max(0.0, win_end - time.monotonic())))
-                max_lag = max(max_lag, stats()["lag_s"])
-        for w in workers:
-            w.tell("mark")
-        marks = [w.answer() for w in workers]
-        win_seconds = time.monotonic() - win_start
-        srv_cpu = cpu_percent(server.pid, cpu0, win_seconds)
-        etcd_cpu = cpu_percent(etcd.proc.pid if etcd else None, etcd_cpu0, win_seconds)
-        client_cpu = (clients_cpu(workers) - clients_cpu0) / win_seconds * 100
-        s1 = stats()
-        windows = [m["window"] for m in marks]
-        pongs = sum(w["pong"] for w in windows)
-        offered = registered / interval
-        rate = pongs / win_seconds
-        hb = latency_summary([x for w in windows for x in w["latencies_ms"]])
-        again_total = sum(m["again_total"] for m in marks)
-        errors_total = sum(m["errors_total"] for m in marks)
-        client_lag_p99 = max((w["lag"]["p99"] or 0) for w in windows)
-        add(f"heartbeats answered /s ({win_seconds:.0f} s window)",
-            f"{common.fmt(rate)} /s (offered {common.fmt(offered)} /s)", f"≥ {HB_RATE_SHARE:.0%} of offered",
-            rate >= HB_RATE_SHARE * offered)
-        add("  heartbeat latency", f"p50 {ms(hb['p50'])} / p99 {ms(hb['p99'])} / max {ms(hb['max'])} ms "
-            f"(client send lag p99 {ms(client_lag_p99)} ms)")
-        add("  registeragain answers (whole run)", f"{again_total:,}", "0", again_total == 0)
-        add("  heartbeat errors (whole run)",
-            f"{errors_total:,}" + (f": {next(w['first_error'] for w in windows if w['first_error'])}"
-                                   if any(w["first_error"] for w in windows) else ""), "0", errors_total == 0)
-        cpu_ok = srv_cpu is not None and srv_cpu < CPU_LIMIT * 100
-        add("  Kontrol CPU during the window",
-            f"{common.fmt(srv_cpu)}%" + (f" (etcd {common.fmt(etcd_cpu)}%)" if etcd else ""),
-            f"< {CPU_LIMIT:.0%}", cpu_ok)
-        refreshes = s1["refreshes"] - s0["refreshes"]
-        refresh_ms = (s1["refresh_s"] - s0["refresh_s"]) / refreshes * 1000 if refreshes else None
-        refresh_failed = s1["refresh_failed"] - s0["refresh_failed"]
-        max_lag = max(max_lag, s1["max_lag_s"])
-        add("  storage refreshes in the window",
-            f"{refreshes:,} ({s1['refreshes']:,} in all, {refresh_failed} failed, {s1['refresh_missing']} rewritten; "
-            f"{ms(refresh_ms)} ms avg)", f"≥ {registered:,}, 0 failed",
-            s1["refreshes"] >= registered and s1["refresh_failed"] == 0)
-        add("  refresher lag (most overdue refresh)", f"{max_lag:.2f} s", f"< {REFRESH_LAG_LIMIT_S:g} s",
-            max_lag < REFRESH_LAG_LIMIT_S)
-        count, live = s1["count"], s1["registry"]
-        lost = count != n or live != n or registered != n
-        add("kites in storage after the run (count())", f"{count:,} (registry {live:,})", f"= {n:,}", not lost)
-        common.progress(f"[{kind}] window: {rate:,.0f} hb/s of {offered:,.0f} offered, p99 {ms(hb['p99'])} ms, "
-                        f"{again_total} registeragain, {errors_total} errors, Kontrol CPU {common.fmt(srv_cpu)}%, "
-                        f"{refreshes:,} refreshes, lag {max_lag:.2f} s; count {count:,}; client processes CPU "
-                        f"{client_cpu:.0f}%, queued at start {queued}")
-
-        # 4. websocket registrations
-        if plan.ws_kites:
-            common.progress(f"[{kind}] {plan.ws_kites:,} kites registering over their own websocket")
-            spec = {"kite_key": key, "url": url, "count": plan.ws_kites, "concurrency": WS_CONCURRENCY}
-            ws_worker = Worker("--worker-ws", spec, ready_timeout=120)
-            cpu0 = cpu_now(server.pid)
-            with profiled(plan, server.pid, f"{kind}-ws-register"):
-                ws_worker.tell("go")
-                r = ws_worker.answer(PHASE_TIMEOUT)
-            srv_cpu = cpu_percent(server.pid, cpu0, r["seconds"])
-            lat = latency_summary(r["latencies_ms"])
-            after = stats()["count"]
-            value = (f"{common.fmt(r['registered'] / r['seconds'])} /s ({r['registered']:,} in {r['seconds']:.1f} s; "
-                     f"p50 {ms(lat['p50'])} / p99 {ms(lat['p99'])} ms incl. dial; Kontrol CPU {common.fmt(srv_cpu)}%)")
-            if r["errors"]:
-                value += f"; {r['errors']} errors: {r['first_error'][:120]}"
-            add(f"websocket register, {plan.ws_kites:,} kites, {WS_CONCURRENCY} in flight", value, "0 errors",
-                r["errors"] == 0)
-            ws_worker.tell("close")
-            ws_worker.answer(60)
-            deadline = time.monotonic() + 15
-            final = stats()["count"]
-            while final != n and time.monotonic() < deadline:
-                gevent.sleep(0.2)
-                final = stats()["count"]
-            add("  after they close: kites in storage", f"{final:,} (was {after:,} with them)", f"= {n:,}",
-                final == n and after == n + r["registered"])
+        yield client
     finally:
-        if caller is not None:
-            caller.close()
-        for w in [*workers, *([ws_worker] if ws_worker else [])]:
+        caller.close()
+
+
+#: The call rows: key, label, method, matches (1: a kite's 7 fields; PER_NAME: a name), calls in flight.
+CALLS = (
+    ("getkites-1", "getKites 1 match, 1 in flight", "getKites", 1, 1),
+    ("getkites-1-16", "getKites 1 match, 16 in flight (one connection)", "getKites", 1, 16),
+    ("getkites-100", f"getKites {PER_NAME} matches, 1 in flight", "getKites", PER_NAME, 1),
+    ("getkites-100-16", f"getKites {PER_NAME} matches, 16 in flight (one connection)", "getKites", PER_NAME, 16),
+    ("gettoken", "getToken, 1 in flight", "getToken", 1, 1),
+    ("gettoken-16", "getToken, 16 in flight (one connection)", "getToken", 1, 16),
+)
+
+
+def kontrol_call(method: str, matches: int, run: str, kites: int, rng: random.Random) -> Callable[[Any], None]:
+    """A call for :func:`common.run_load`: ``method`` on a random kite (or name); raises on a wrong answer."""
+
+    def call(client: Any) -> None:
+        if matches == 1:
+            query = identity(run, rng.randrange(kites))
+        else:
+            query = name_query(rng.randrange(kites // PER_NAME))
+        if method == "getToken":
+            token = client.tell_with_timeout("getToken", HTTP_TIMEOUT, query)
+            if not isinstance(token, str) or not token:
+                raise RuntimeError(f"getToken {query} answered {token!r}")
+            return
+        found = client.tell_with_timeout("getKites", HTTP_TIMEOUT, {"query": query})["kites"]
+        if len(found) != matches:
+            raise RuntimeError(f"getKites found {len(found)} kites, expected {matches}: {query}")
+
+    return call
+
+
+def warm_up(client: Any, kites: int) -> None:
+    """One ``getKites`` per name: Kontrol signs the caller's token for each audience once."""
+    for group in range(kites // PER_NAME):
+        client.tell_with_timeout("getKites", HTTP_TIMEOUT, {"query": name_query(group)})
+
+
+def call_phase(kontrol: KontrolProcess, client: Any, run: str, plan: Plan, result: RunResult) -> None:
+    """Phase 2: every :data:`CALLS` row, ~``plan.seconds`` each, sized by a probe that warms it up."""
+    rng = random.Random(run)
+    for key, label, method, matches, conc in CALLS:
+        call = kontrol_call(method, matches, run, plan.kites, rng)
+        probe = common.run_load([client], call, conc, PROBE_CALLS * conc)
+        n = common.calls_for(probe.rate, plan.seconds, minimum=PROBE_CALLS * conc)
+        meter = CpuMeter(kontrol.pid)
+        stats = common.run_load([client], call, conc, n)
+        result.error(probe.errors + stats.errors, f"{label}: {probe.note or stats.note}")
+        result.measures[key] = Measure(stats.rate, stats.p50_ms, stats.p99_ms, meter.percent(), stats.errors)
+
+
+def mark(workers: list[Worker]) -> list[dict[str, Any]]:
+    """Close the workers' heartbeat windows: what each saw since the last mark."""
+    for w in workers:
+        w.tell("mark")
+    return [w.answer() for w in workers]
+
+
+def wave_phase(kontrol: KontrolProcess, workers: list[Worker], plan: Plan, result: RunResult) -> Measure:
+    """Phase 3: heartbeats while a refresh wave of every kite runs (see the module docstring)."""
+    mark(workers)
+    interval, spread = plan.timings["heartbeat_interval"], plan.wave_spread
+    s0 = kontrol.stats()
+    meter = CpuMeter(kontrol.pid)
+    result.scheduled = kontrol.refresh_wave(spread)
+    t0 = time.monotonic()
+    shortest, longest = t0 + max(interval, spread + WAVE_TAIL), t0 + spread + WAVE_TIMEOUT
+    lag = 0.0
+    while True:
+        gevent.sleep(1.0)
+        s1 = kontrol.stats()
+        lag = max(lag, s1["lag_s"])
+        now = time.monotonic()
+        if (now >= shortest and s1["wave_pending"] == 0) or now >= longest:
+            break
+    marks = mark(workers)
+    seconds, cpu = time.monotonic() - t0, meter.percent()
+    result.wave_left, result.wave_seconds = s1["wave_pending"], seconds
+    result.refresh_failed = s1["refresh_failed"] - s0["refresh_failed"]
+    result.max_lag = max(lag, s1["max_lag_s"])
+    windows = [m["window"] for m in marks]
+    hb = latency_summary([x for w in windows for x in w["latencies_ms"]])
+    result.again = sum(m["again_total"] for m in marks)
+    errors = sum(m["errors_total"] for m in marks)
+    result.error(errors, "heartbeat: " + next((w["first_error"] for w in windows if w["first_error"]), ""))
+    return Measure(sum(w["pong"] for w in windows) / seconds, hb["p50"], hb["p99"], cpu, errors)
+
+
+def check_kites(kontrol: KontrolProcess, result: RunResult, expected: int) -> dict[str, Any]:
+    """Phase 4: the storage and the registry must hold ``expected`` bench kites; the modules check again."""
+    counted = kontrol.count()
+    if counted["foreign"]:
+        raise RuntimeError(f"the Kontrol loaded {counted['foreign']} from outside its tree")
+    result.lost = max(result.lost, expected - min(counted["count"], counted["registry"]))
+    result.modules = counted["modules"]
+    return counted
+
+
+def ws_phase(kontrol: KontrolProcess, clients: Tree, plan: Plan, result: RunResult) -> Measure:
+    """Phase 5: websocket kites register, then close; Kontrol must delete them again."""
+    spec = {"kite_key": kontrol.info["kite_key"], "url": kontrol.info["url"], "count": plan.ws_kites,
+            "concurrency": WS_CONCURRENCY}
+    ws = Worker(clients, "--worker-ws", spec, ready_timeout=120)
+    try:
+        meter = CpuMeter(kontrol.pid)
+        ws.tell("go")
+        r = ws.answer(PHASE_TIMEOUT)
+        cpu = meter.percent()
+        result.error(r["errors"], "websocket register: " + r["first_error"])
+        ws.tell("close")
+        ws.answer(60)
+    finally:
+        ws.stop()
+    deadline = time.monotonic() + WS_DELETE_TIMEOUT
+    while (left := kontrol.count()["count"] - result.registered) > 0 and time.monotonic() < deadline:
+        gevent.sleep(0.2)
+    result.error(max(0, left), f"{left} websocket kites still stored {WS_DELETE_TIMEOUT:g} s after closing")
+    lat = latency_summary(r["latencies_ms"])
+    return Measure(r["registered"] / r["seconds"] if r["seconds"] else None, lat["p50"], lat["p99"], cpu,
+                   r["errors"])
+
+
+def one_run(kind: str, tree: Tree, clients: Tree, sites: Sites, plan: Plan, name: str) -> RunResult:
+    """Every phase for ``tree``'s Kontrol on a fresh location of ``kind``, with ``clients``' client code;
+    ``name`` tags the profiles."""
+    run = uuid.uuid4().hex[:8]
+    location = sites.open(kind, run)
+    result = RunResult()
+    kontrol: KontrolProcess | None = None
+    workers: list[Worker] = []
+    try:
+        kontrol = KontrolProcess(tree, location, plan)
+        if "unsupported" in kontrol.info:
+            result.unsupported = kontrol.info["unsupported"]
+            return result
+        result.kontrol_file = kontrol.info["kontrol_file"]
+        workers = start_workers(kontrol, clients, run, plan)
+        with phase(plan, kontrol.pid, result, name, "register"):
+            result.measures["register"] = register_phase(kontrol, workers, result)
+        with caller_client(kontrol.info["url"], kontrol.info["kite_key"]) as client:
+            warm_up(client, plan.kites)
+            with phase(plan, kontrol.pid, result, name, "calls"):
+                call_phase(kontrol, client, run, plan, result)
+        with phase(plan, kontrol.pid, result, name, "wave"):
+            result.measures["heartbeat"] = wave_phase(kontrol, workers, plan, result)
+        check_kites(kontrol, result, result.registered)
+        if plan.ws_kites:
+            with phase(plan, kontrol.pid, result, name, "ws"):
+                result.measures["ws"] = ws_phase(kontrol, clients, plan, result)
+            check_kites(kontrol, result, result.registered)
+    except Exception as e:
+        result.failed = f"{e!r}"[:400]
+    finally:
+        result.load = os.getloadavg()[0]
+        for w in workers:
             w.stop()
-        if server is not None:
-            server.stop()
-        if etcd is not None:
-            etcd.stop()
-    return rows, lost
+        if kontrol is not None:
+            kontrol.stop()
+        try:
+            sites.clear(kind, run, location)
+        except Exception as e:
+            common.progress(f"[{name}] clearing {location} failed: {e!r}")
+    return result
+
+
+def run_summary(r: RunResult) -> str:
+    """A progress line's worth of one run."""
+    if r.failed or r.unsupported:
+        return r.failed or f"n/a: {r.unsupported}"
+    m = r.measures
+    parts = [f"{label.split(',')[0]} {common.fmt(m[key].rate)}/s"
+             for key, label, *_ in (("register", "register"), *CALLS) if key in m]
+    hb = m.get("heartbeat")
+    if hb:
+        parts.append(f"wave hb p99 {common.fmt(hb.p99, 1)} ms")
+    phases = ", ".join(f"{name} {seconds:.0f}" for name, seconds in r.phases.items())
+    return "; ".join(parts) + (f"; lost {r.lost}, registeragain {r.again}, errors {r.errors} (phases, s: {phases}; "
+                               f"load average {r.load:.1f})")
+
+
+# --------------------------------------------------------------------------- the tables
+
+#: One storage's runs: version -> one result per round.
+Runs = dict[str, list[RunResult]]
+
+
+def measure_rows(plan: Plan) -> list[tuple[str, str]]:
+    """The rows with calls/s (or the row's figure) and latency, in the order printed: (key, label)."""
+    offered = plan.kites / plan.timings["heartbeat_interval"]
+    rows = [("register", f"HTTP register, {plan.kites:,} kites ({WORKERS} procs × {REGISTER_CONCURRENCY} in flight)"),
+            *((key, label) for key, label, *_ in CALLS),
+            ("heartbeat", f"heartbeats during a refresh wave (answered/s of {common.fmt(offered)} offered)")]
+    if plan.ws_kites:
+        rows.append(("ws", f"websocket register, {plan.ws_kites:,} kites, {WS_CONCURRENCY} in flight"))
+    return rows
+
+
+def values(runs: Sequence[RunResult], key: str, attr: str) -> list[float | None]:
+    """``attr`` of row ``key`` in each run (``None`` where the run has no such figure)."""
+    return [getattr(r.measures[key], attr) if key in r.measures else None for r in runs]
+
+
+def med(runs: Sequence[RunResult], key: str, attr: str) -> float | None:
+    return common.median_spread(values(runs, key, attr))[0]
+
+
+def ratios(current: Sequence[RunResult], baseline: Sequence[RunResult], key: str,
+           attr: str) -> tuple[float | None, float | None, float | None]:
+    """Median, min and max of current / baseline, round by round."""
+    pairs = zip(values(current, key, attr), values(baseline, key, attr), strict=True)
+    return common.median_spread([a / b if a and b else None for a, b in pairs])
+
+
+def times(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}×"
+
+
+def rate_cell(runs: Sequence[RunResult], key: str) -> str:
+    return f"{common.fmt(med(runs, key, 'rate'))} /s"
+
+
+def latency_cell(runs: Sequence[RunResult], key: str) -> str:
+    return f"{common.fmt(med(runs, key, 'p50'), 2)} / {common.fmt(med(runs, key, 'p99'), 2)}"
+
+
+RATIO_COLUMNS = ["current", "baseline", "ratio", "min–max", "p50 / p99 ms current", "p50 / p99 ms baseline",
+                 "p99 ratio", "Kontrol CPU % cur / base"]
+
+
+def storage_table(runs: Runs, plan: Plan, baseline_na: bool) -> common.Table:
+    """One storage's rows: the medians of each version and the ratios current / baseline."""
+    table = common.Table(["measurement", *RATIO_COLUMNS], right=RATIO_COLUMNS)
+    current, baseline = runs["current"], runs.get("baseline", [])
+    for key, label in measure_rows(plan):
+        cpu = common.fmt(med(current, key, "cpu"))
+        if baseline_na:
+            base = ["n/a", "", "", "n/a", ""]
+            cpu += " / n/a"
+        else:
+            rate, lo, hi = ratios(current, baseline, key, "rate")
+            spread = f"{lo:.2f}–{hi:.2f}" if plan.rounds > 1 and lo is not None else ""
+            base = [rate_cell(baseline, key), times(rate), spread, latency_cell(baseline, key),
+                    times(ratios(current, baseline, key, "p99")[0])]
+            cpu += f" / {common.fmt(med(baseline, key, 'cpu'))}"
+        table.add(label, rate_cell(current, key), *base[:3], latency_cell(current, key), *base[3:], cpu)
+    return table
+
+
+def totals(runs: Sequence[RunResult]) -> str:
+    return " / ".join(f"{sum(getattr(r, a) for r in runs):,}" for a in ("lost", "again", "errors"))
+
+
+def wave_check(runs: Sequence[RunResult]) -> str:
+    """The refresh waves: kites left unrefreshed when the window closed, its length, failed refreshes, the lag."""
+    done = [r for r in runs if r.scheduled]
+    if not done:
+        return "-"
+    return (f"{sum(r.wave_left for r in done):,} of {max(r.scheduled for r in done):,} kites left unrefreshed, "
+            f"window ≤ {max(r.wave_seconds for r in done):.0f} s, {sum(r.refresh_failed for r in done)} failed, "
+            f"refresher ≤ {max(r.max_lag for r in done):.1f} s late (whole run)")
+
+
+def loads(runs: Sequence[RunResult]) -> str:
+    """The 1-minute load averages at the end of the runs (other processes on the machine show there)."""
+    return " ".join(f"{r.load:.1f}" for r in runs if r.load is not None) or "-"
+
+
+def check_lines(runs: Runs, baseline_na: bool) -> str:
+    """The lines under a storage's table: the refresh waves, kites lost and errors, the load."""
+    def both(fn: Callable[[list[RunResult]], str]) -> str:
+        return f"current {fn(runs['current'])}; baseline {'n/a' if baseline_na else fn(runs['baseline'])}"
+
+    return (f"refresh wave (worst round): {both(wave_check)}\n"
+            f"kites lost / registeragain / errors (all rounds): {both(totals)}\n"
+            f"load average at the end of each round: {both(loads)}")
+
+
+def problems(kind: str, runs: Runs, plan: Plan) -> list[str]:
+    """``!`` lines: failed runs, lost kites, errors, heartbeats answered below the offered rate."""
+    lines = []
+    for version, rs in runs.items():
+        for i, r in enumerate(rs):
+            where = f"! {kind} / {version} / round {i + 1}:"
+            if r.failed:
+                lines.append(f"{where} FAILED: {r.failed}")
+            if r.lost:
+                lines.append(f"{where} {r.lost:,} kites lost")
+            if r.errors or r.again:
+                lines.append(f"{where} {r.errors:,} errors, {r.again:,} registeragain; first: {r.first_error[:200]}")
+            hb = r.measures.get("heartbeat")
+            offered = r.registered / plan.timings["heartbeat_interval"]
+            if hb is not None and hb.rate is not None and hb.rate < HB_RATE_SHARE * offered:
+                lines.append(f"{where} heartbeats fell behind in the refresh wave: {hb.rate:,.0f}/s "
+                             f"answered of {offered:,.0f}/s offered")
+    return lines
+
+
+def report(results: dict[str, Runs], skipped: dict[str, str], plan: Plan) -> bool:
+    """Print every storage's table and checks; whether a kite was lost or a run failed."""
+    bad = False
+    for kind, runs in results.items():
+        unsupported = next((r.unsupported for r in runs.get("baseline", []) if r.unsupported), "")
+        na = "baseline" not in runs or bool(unsupported)
+        title = kind + (f" (baseline n/a: no {kind} backend, its open_storage says {unsupported[:60]!r}…)"
+                        if unsupported else "")
+        print(f"{title}\n{storage_table(runs, plan, na).render()}\n{check_lines(runs, na)}")
+        lines = problems(kind, runs, plan)
+        print("\n".join(lines) + "\n" if lines else "")
+        bad = bad or any(r.lost or r.failed for rs in runs.values() for r in rs)
+    for kind, why in skipped.items():
+        print(f"{kind}: skipped: {why}\n")
+    print("kites lost: " + ("SOME (or a run failed): see the ! lines" if bad else "none, in either version"))
+    return bad
+
+
+def header(plan: Plan, sites: Sites, seconds: float, pinning: str, versions: str, load: tuple[float, float]) -> str:
+    """The lines above the tables: the runs, the versions, the machine, the settings."""
+    t = plan.timings
+    machine = common.machine_info(None).replace(", node -, kite.js -", "")
+    servers = ", ".join([*([f"etcd {etcd_version()} (data on tmpfs)"] if sites.etcd else []),
+                         *([f"PostgreSQL {sites.postgres.version} (fsync off)"] if sites.postgres else [])])
+    return (f"Kontrol scale benchmark, current against baseline{' (--quick)' if plan.quick else ''}: "
+            f"{plan.kites:,} HTTP kites of {plan.kites // PER_NAME:,} names; medians of {plan.rounds} alternating "
+            f"round{'s' * (plan.rounds > 1)} per storage; {seconds:.0f} s total\n"
+            f"{versions}\n"
+            f"{machine}{', ' + servers if servers else ''}; {pinning}\n"
+            f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (other processes share "
+            f"the CPUs: compare the ratios, which alternate, more than the absolute figures)\n"
+            f"registry: heartbeat {t['heartbeat_interval']:g} s, update {t['update_interval']:g} s, key TTL "
+            f"{t['key_ttl']:g} s; clients (today's code for both versions): {WORKERS} processes of HTTP kites, calls "
+            f"on one kite connection from this process, ~{plan.seconds:g} s per row, while every kite heartbeats\n"
+            f"getKites 1 match / getToken: a random kite's 7 fields; {PER_NAME} matches: username/environment/name; "
+            f"refresh wave: every kite's refresh due within {plan.wave_spread:g} s (the wave a mass registration "
+            f"brings one update interval later, brought forward)\n"
+            f"ratio: current / baseline, median (min–max) of the per-round ratios: > 1 is faster for /s, < 1 better "
+            f"for p99\nall rows: one Kontrol process; the all-cores rows (`kontrol --workers N`, none in the baseline) "
+            f"are not measured yet\n")
+
+
+def versions_note(trees: list[Tree], results: dict[str, Runs]) -> str:
+    """What each version is, and where its Kontrols were seen to import ``kontrol`` from."""
+    lines = []
+    for tree in trees:
+        done = [r for runs in results.values() for r in runs.get(tree.name, []) if r.kontrol_file]
+        line = f"{tree.name}: {tree.label}, run from {tree.path} (removed at exit)"
+        if done:
+            files = ", ".join(sorted({r.kontrol_file for r in done}))
+            line += (f"; its {len(done)} Kontrols imported kontrol from {files} and {min(r.modules for r in done)}+ "
+                     f"kite/kontrol modules, none from elsewhere (checked at the start and the end of every run)")
+        lines.append(line)
+    if len(trees) == 1:
+        lines.append("baseline: none (--baseline none)")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
 
-_scratch_dirs: list[Path] = []
 
-
-def _remove_scratch() -> None:
-    for d in _scratch_dirs:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def _cleanup_then(previous: Any, signum: int, frame: Any) -> None:
-    _remove_scratch()
-    if callable(previous):
-        previous(signum, frame)
-
-
-def scratch_dir() -> Path:
-    # etcd fsyncs every write; tmpfs (as in the tests) keeps the disk out of the figures.
-    where = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    d = Path(tempfile.mkdtemp(prefix="kontrol-scale-", dir=where))
-    _scratch_dirs.append(d)
-    return d
-
-
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", default=DEFAULT_BASELINE,
+                    help=f"the commit to compare with (default {DEFAULT_BASELINE}); none: only today's code")
+    ap.add_argument("--storage", default=",".join(STORAGES), help=f"comma-separated: {','.join(STORAGES)}")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="alternating rounds per storage (default 3; 1 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="2k kites, 2 s heartbeats, 1 round, short rows: ~3 minutes")
     ap.add_argument("--kites", type=int, default=None, help="HTTP kites (default 10000; 2000 with --quick)")
-    ap.add_argument("--quick", action="store_true", help="2k kites, 2 s heartbeats, 10 s window: under a minute")
-    ap.add_argument("--storage", default=",".join(STORAGES), help="comma-separated: sqlite,etcd")
+    ap.add_argument("--seconds", type=float, default=None, help="seconds per call row (default 2; 0.8 with --quick)")
+    ap.add_argument("--ws-kites", type=int, default=None,
+                    help="websocket-registered kites (default 200; 100 with --quick; 0: skip)")
     ap.add_argument("--pin", choices=("split", "none"), default="split",
                     help="split (default): the Kontrol on the first CPU, clients on the second; none")
-    ap.add_argument("--hb-seconds", type=float, default=None,
-                    help="minimum heartbeat window (default 30; 10 with --quick); it also lasts until "
-                         "every kite was refreshed in the storage once")
-    ap.add_argument("--getkites-calls", type=int, default=None,
-                    help="getKites calls per run (default 2000; 300 with --quick)")
-    ap.add_argument("--ws-kites", type=int, default=None, help="websocket-registered kites (default 1000; 0: skip)")
     ap.add_argument("--py-spy", type=Path, metavar="DIR", default=None,
-                    help="py-spy record the Kontrol in each phase into DIR/<storage>-<phase>.txt (collapsed stacks)")
+                    help="py-spy record the Kontrol in each phase into DIR/<storage>-<version>-r<round>-<phase>.txt")
     # internal modes
     ap.add_argument("--serve", metavar="STORAGE", help=argparse.SUPPRESS)
     ap.add_argument("--timings", help=argparse.SUPPRESS)
+    ap.add_argument("--tree", type=Path, default=common.ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     ap.add_argument("--worker-ws", metavar="SPEC", help=argparse.SUPPRESS)
     opts = ap.parse_args()
+    opts.storages = [s.strip() for s in opts.storage.split(",") if s.strip()]
+    if not opts.serve and not opts.worker and not opts.worker_ws:
+        if not opts.storages or not set(opts.storages) <= set(STORAGES):
+            ap.error(f"--storage: choose from {', '.join(STORAGES)}")
+        if opts.kites is not None and opts.kites < PER_NAME:
+            ap.error(f"--kites must be at least {PER_NAME}")
+    return opts
+
+
+def make_plan(opts: argparse.Namespace) -> Plan:
+    quick = opts.quick
+    plan = Plan(kites=opts.kites or (2000 if quick else 10_000), quick=quick,
+                timings=TIMINGS["quick" if quick else "default"], seconds=opts.seconds or (0.8 if quick else 2.0),
+                ws_kites=(100 if quick else 200) if opts.ws_kites is None else opts.ws_kites,
+                rounds=opts.rounds or (1 if quick else 3), pin=opts.pin == "split", py_spy=opts.py_spy)
+    if plan.py_spy is not None:
+        if not py_spy_binary():
+            sys.exit("--py-spy: py-spy is not installed (pip install py-spy)")
+        plan.py_spy.mkdir(parents=True, exist_ok=True)
+    return plan
+
+
+def bench_storage(kind: str, trees: list[Tree], sites: Sites, plan: Plan) -> Runs:
+    """``plan.rounds`` rounds of one run per version on ``kind``, the order swapped every round."""
+    runs: Runs = {t.name: [] for t in trees}
+    for rnd in range(plan.rounds):
+        for tree in trees if rnd % 2 == 0 else trees[::-1]:
+            previous = runs[tree.name]
+            if previous and previous[0].unsupported:
+                previous.append(previous[0])  # n/a in every round
+                continue
+            name = f"{kind}-{tree.name}-r{rnd + 1}"
+            common.progress(f"[{name}] {plan.kites:,} kites on a fresh {kind} location")
+            started = time.monotonic()
+            result = one_run(kind, tree, trees[0], sites, plan, name)
+            common.progress(f"[{name}] {time.monotonic() - started:.0f} s: {run_summary(result)}")
+            previous.append(result)
+    return runs
+
+
+def bench(opts: argparse.Namespace) -> int:
+    """The comparison: every storage, every version; prints the tables; 1 if a kite was lost or a run failed."""
+    plan = make_plan(opts)
+    common_cpus()  # before pinning
+    install_cleanup()
+    common.raise_fd_limit()
+    pinning = common.pin_cpus("split" if plan.pin else "none")
+    if plan.pin:
+        pinning += ", etcd and PostgreSQL not pinned"
+    started, load0 = time.perf_counter(), os.getloadavg()[0]
+    trees = [current_tree()]
+    use_tree(trees[0].path)  # this process's clients are "current" too
+    sys.path.append(str(common.ROOT))  # after the copy: only for tests.kontrol.conftest (postgres)
+    if opts.baseline.lower() != "none":
+        trees.append(baseline_tree(opts.baseline))
+    sites = Sites(scratch_dir(), plan.pin)
+    results: dict[str, Runs] = {}
+    skipped: dict[str, str] = {}
+    try:
+        for kind in opts.storages:
+            why = sites.unavailable(kind)
+            if not why:
+                try:
+                    sites.start(kind)
+                except Exception as e:
+                    why = f"its server did not start: {e}"[:400]
+            if why:
+                common.progress(f"[{kind}] skipped: {why}")
+                skipped[kind] = why
+                continue
+            results[kind] = bench_storage(kind, trees, sites, plan)
+        print(header(plan, sites, time.perf_counter() - started, pinning, versions_note(trees, results),
+                     (load0, os.getloadavg()[0])))
+    finally:
+        sites.stop()
+    return 1 if report(results, skipped, plan) else 0
+
+
+def main() -> int:
+    opts = parse_args()
+    if opts.serve or opts.worker or opts.worker_ws:
+        use_tree(opts.tree.resolve())
     if opts.serve:
-        serve(opts.serve, json.loads(opts.timings))
+        serve(opts.serve, json.loads(opts.timings), opts.tree.resolve())
         return 0
     if opts.worker:
         worker(json.loads(opts.worker))
@@ -923,62 +1178,7 @@ def main() -> int:
     if opts.worker_ws:
         worker_ws(json.loads(opts.worker_ws))
         return 0
-
-    storages = [s.strip() for s in opts.storage.split(",") if s.strip()]
-    if not storages or not set(storages) <= set(STORAGES):
-        ap.error(f"--storage: choose from {', '.join(STORAGES)}")
-    quick = opts.quick
-    kites = opts.kites or (2000 if quick else 10_000)
-    if kites < PER_NAME:
-        ap.error(f"--kites must be at least {PER_NAME}")
-    plan = Plan(kites=kites, quick=quick, timings=TIMINGS["quick" if quick else "default"],
-                hb_seconds=opts.hb_seconds or (10.0 if quick else 30.0),
-                getkites_calls=opts.getkites_calls or (300 if quick else 2000),
-                ws_kites=(200 if quick else 1000) if opts.ws_kites is None else opts.ws_kites,
-                pin=opts.pin == "split", py_spy=opts.py_spy)
-    if plan.py_spy is not None:
-        plan.py_spy.mkdir(parents=True, exist_ok=True)
-    if "etcd" in storages and not (shutil.which("etcd") or os.access("/usr/bin/etcd", os.X_OK)):
-        sys.exit("etcd is not installed (apt-get install etcd-server, or `make deps`)")
-
-    common_cpus()  # before pinning
-    atexit.register(_remove_scratch)  # registered first: runs after common's stop_all
-    common.install_cleanup()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, functools.partial(_cleanup_then, signal.getsignal(sig)))
-    common.raise_fd_limit()
-    pinning = common.pin_cpus("split" if plan.pin else "none")
-    if plan.pin:
-        pinning += ", etcd not pinned"
-    started = time.perf_counter()
-    rows: list[Row] = []
-    lost_any = False
-    for kind in storages:
-        scratch = scratch_dir()
-        try:
-            storage_rows, lost = run_storage(kind, plan, scratch)
-        except Exception as e:
-            common.progress(f"[{kind}] failed: {e!r}")
-            storage_rows, lost = [Row(kind, "run", f"FAILED: {e!r}"[:300], "", False)], True
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        rows += storage_rows
-        lost_any = lost_any or lost
-
-    t = plan.timings
-    table = common.Table(["storage", "measurement", "value", "target", "verdict"])
-    for r in rows:
-        table.add(r.storage, r.measurement, r.value, r.target, "" if r.ok is None else ("ok" if r.ok else "MISS"))
-    machine = common.machine_info(None).replace(", node -, kite.js -", "")
-    print(f"Kontrol scale benchmark{' (--quick)' if quick else ''}: {kites:,} HTTP kites, 127.0.0.1, "
-          f"{time.perf_counter() - started:.0f} s total\n{machine}, etcd {etcd_version()} (data on tmpfs); {pinning}\n"
-          f"registry: heartbeat {t['heartbeat_interval']:g} s, update {t['update_interval']:g} s, "
-          f"key TTL {t['key_ttl']:g} s; {WORKERS} client processes; getKites: {plan.getkites_calls:,} sequential "
-          f"calls per run on one connection, the {len(QUERY_FORMS)} query forms in turn\n")
-    print(table.render())
-    if lost_any:
-        print("\n! a kite was lost (or a storage run failed): see the rows above")
-    return 1 if lost_any else 0
+    return bench(opts)
 
 
 if __name__ == "__main__":
