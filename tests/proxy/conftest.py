@@ -204,14 +204,11 @@ def process_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def proxy_process(tmp_path: Path, kontrol: Kontrol, port: int | None = None, *args: str,
-                  wait: bool = True) -> Iterator[tuple[Proc, int]]:
-    """``python -m kite.proxy.reverse`` on 127.0.0.1:``port`` (default: a free one); yields it and the port,
-    once it says Kontrol registered it (unless ``wait`` is false)."""
-    port = port or free_port()
-    env = process_env(kite_home(tmp_path, kontrol, kontrol.username))
-    proc = Proc([sys.executable, "-m", "kite.proxy.reverse", "--ip", "127.0.0.1", "--port", str(port),
-                 "--region", REGION, "--env", ENVIRONMENT, *args], env)
+def _proxy_command(module: str, env: dict[str, str], port: int, args: list[str],
+                   wait: bool) -> Iterator[tuple[Proc, int]]:
+    """``python -m <module> --ip 127.0.0.1 --port <port> <args>``: the process and its port, once it says
+    Kontrol registered it (unless ``wait`` is false); stopped afterwards."""
+    proc = Proc([sys.executable, "-m", module, "--ip", "127.0.0.1", "--port", str(port), *args], env)
     try:
         if wait:
             proc.wait_for(lambda line: "Registered to kontrol with URL" in line, "its registration")
@@ -220,22 +217,23 @@ def proxy_process(tmp_path: Path, kontrol: Kontrol, port: int | None = None, *ar
         proc.stop()
 
 
-@contextlib.contextmanager
+def proxy_process(tmp_path: Path, kontrol: Kontrol, port: int | None = None, *args: str,
+                  wait: bool = True) -> contextlib.AbstractContextManager[tuple[Proc, int]]:
+    """``python -m kite.proxy.reverse`` on 127.0.0.1:``port`` (default: a free one); yields it and the port,
+    once it says Kontrol registered it (unless ``wait`` is false)."""
+    port = port or free_port()
+    env = process_env(kite_home(tmp_path, kontrol, kontrol.username))
+    return _proxy_command("kite.proxy.reverse", env, port, ["--region", REGION, "--env", ENVIRONMENT, *args], wait)
+
+
 def tunnel_process(tmp_path: Path, kontrol: Kontrol, port: int | None = None, *args: str,
-                   wait: bool = True) -> Iterator[tuple[Proc, int]]:
+                   wait: bool = True) -> contextlib.AbstractContextManager[tuple[Proc, int]]:
     """``python -m kite.proxy.tunnel`` on 127.0.0.1:``port`` (default: a free one), public host
     ``127.0.0.1:<port>``; yields it and the port once Kontrol registered it (unless ``wait`` is false)."""
     port = port or free_port()
     env = process_env(kite_home(tmp_path, kontrol, kontrol.username), KITE_ENVIRONMENT=ENVIRONMENT,
                       KITE_REGION=REGION)
-    proc = Proc([sys.executable, "-m", "kite.proxy.tunnel", "--ip", "127.0.0.1", "--port", str(port),
-                 "--public-host", f"127.0.0.1:{port}", *args], env)
-    try:
-        if wait:
-            proc.wait_for(lambda line: "Registered to kontrol with URL" in line, "its registration")
-        yield proc, port
-    finally:
-        proc.stop()
+    return _proxy_command("kite.proxy.tunnel", env, port, ["--public-host", f"127.0.0.1:{port}", *args], wait)
 
 
 @contextlib.contextmanager
