@@ -63,6 +63,8 @@ def first_batch(messages: list[str], limit: int = BATCH_LIMIT) -> int:
 
 def batches(messages: list[str], limit: int = BATCH_LIMIT) -> list[list[str]]:
     """``messages`` cut into consecutive frames of :func:`first_batch` each (one list when they fit)."""
+    if len(messages) == 1 or (messages and first_batch(messages, limit) == len(messages)):
+        return [messages]  # the usual case, on every flush: no copies
     out = []
     while messages:
         n = first_batch(messages, limit)
