@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import common
-import gevent
 import requests
 from gevent import monkey
 
@@ -212,19 +211,12 @@ class Etcd:
         with open(self.log_path, "ab") as log:
             self.proc = common.spawn(cmd, role="server", stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + ETCD_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                health = requests.get(self.url + "/health", timeout=1).json()
-                if health.get("health") == "true" and requests.get(self.url + "/v2/keys", timeout=1).ok:
-                    return
-            except (requests.RequestException, ValueError):
-                pass
-            gevent.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"etcd did not become healthy in {ETCD_START_TIMEOUT:g} s: {self.log_tail()}")
+        from tests.etcd_health import wait_until_healthy
+
+        failure = wait_until_healthy(self.url, self.proc, ETCD_START_TIMEOUT)
+        if failure is not None:
+            self.stop()
+            raise RuntimeError(f"{failure}: {self.log_tail()}")
 
     def clear_v3(self, prefix: str) -> None:
         """Delete every v3 key under ``prefix``."""

@@ -39,11 +39,11 @@ from pathlib import Path
 import gevent
 import pg8000.native
 import pytest
-import requests
 
 from kite import Config, Kite
 from kontrol import Kontrol
 from kontrol.storage import KiteEvent, Storage, open_storage
+from tests.etcd_health import wait_until_healthy
 from tests.serving import serve_kite
 
 #: Seconds etcd may take to become healthy (it takes ~1 s on an idle machine).
@@ -107,19 +107,10 @@ class EtcdServer:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()
-        deadline = time.monotonic() + ETCD_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"etcd exited with {self.process.returncode}:\n{self.log_tail()}", pytrace=False)
-            try:
-                health = requests.get(self.url + "/health", timeout=1).json()
-                if health.get("health") == "true" and requests.get(self.url + "/v2/keys", timeout=1).ok:
-                    return
-            except (requests.RequestException, ValueError):
-                pass
-            gevent.sleep(0.05)
-        self.stop()
-        pytest.fail(f"etcd did not become healthy in {ETCD_START_TIMEOUT} s:\n{self.log_tail()}", pytrace=False)
+        failure = wait_until_healthy(self.url, self.process, ETCD_START_TIMEOUT)
+        if failure is not None:
+            self.stop()
+            pytest.fail(f"{failure}:\n{self.log_tail()}", pytrace=False)
 
     def stop(self) -> None:
         """Kill etcd (as a crash would); its data dir stays."""
