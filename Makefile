@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KITEJS := tests/interop/kitejs
 
-.PHONY: test lint run bench bench-kontrol bench-instructions clean deps etcd-server postgresql chromium
+.PHONY: test lint run bench bench-kontrol bench-instructions soak fuzz clean deps etcd-server postgresql chromium
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,17 @@ bench-instructions: deps
 # 3 alternating rounds): ~20 minutes. BENCH_KONTROL_ARGS="--quick" (~4 min), "--storage etcd", "--baseline none".
 bench-kontrol: deps
 	$(PY) bench/kontrol_scale.py $(BENCH_KONTROL_ARGS)
+
+# The fault-and-load suite held for 10 minutes per test instead of seconds, figures printed (tests/faults).
+SOAK_SECONDS ?= 600
+soak: deps
+	KITE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/faults -s -o timeout=0
+
+# Long coverage-guided runs of every parser (atheris; fuzz/README.md). FUZZ_SECONDS per parser.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	$(PY) -m pip install -q -e '.[fuzz]'
+	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) $(KITEJS)/node_modules
