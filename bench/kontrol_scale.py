@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/kontrol_scale.py [--baseline REF|none] [--storage sqlite,etcd,etcd2,postgres]
                                             [--rounds R] [--quick] [--kites N] [--seconds S] [--ws-kites N]
-                                            [--pin split|none] [--py-spy DIR]
+                                            [--workers N] [--pin split|none] [--py-spy DIR]
 
 **Versions** (``kontrol_setup.py``). "current" is this working tree, uncommitted changes
 included, its packages copied at the start (edits made while the bench runs do not reach
@@ -60,13 +60,20 @@ timings (heartbeat 10 s, update 60 s, key TTL 90 s; ``--quick``: 2 / 12 / 18 s, 
 rounds, the ratio current / baseline (median of the per-round ratios, and their min-max),
 p50 / p99 latency, the Kontrol's CPU -- the checks under it, and the machine line with the
 load average (other processes on the machine move the absolute figures). The exit status
-is 1 when a kite was lost in either version or a run failed. Every row is one Kontrol
-process: the all-cores rows (``kontrol --workers N``, which the baseline lacks) are not
-measured yet. Pinning (``--pin split``, default): the Kontrols on the first CPU, the
-clients and this process on the second, etcd and PostgreSQL unpinned. ``--py-spy DIR``
-records the Kontrol in each phase (collapsed stacks). Progress on stderr. On the 2-core
-machine it was written on, the default run takes ~15 minutes when the machine is otherwise
-idle, ``--quick`` ~3.
+is 1 when a kite was lost in any version or a run failed.
+
+**All cores** (``--workers N``, default one per CPU; 0 or 1 skips them): a third version,
+"workers", is today's code as N Kontrol processes on one port, as ``kontrol --workers N``
+runs them (``SO_REUSEPORT``, one kite id, the key pair made once before they fork), on the
+shared storages (etcd, etcd2, postgres; sqlite runs one process). Each worker serves the
+bench routes on a control port of its own too; the bench sums their counters, unites their
+registries and meters their CPU together. Its columns: its medians and workers / current.
+
+Pinning (``--pin split``, default): the one-process Kontrols on the first CPU, the clients
+and this process on the second, the workers, etcd and PostgreSQL on every CPU. ``--py-spy
+DIR`` records the Kontrol (the first worker) in each phase (collapsed stacks). Progress on
+stderr. On the 2-core machine it was written on, the default run takes ~25 minutes when the
+machine is otherwise idle, ``--quick`` ~5.
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -83,6 +91,7 @@ import os  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -109,11 +118,14 @@ from kontrol_setup import (  # noqa: E402
     foreign_modules,
     install_cleanup,
     scratch_dir,
+    unpin,
     use_tree,
 )
 
 SCRIPT = str(Path(__file__).resolve())
 STORAGES = ("sqlite", "etcd", "etcd2", "postgres")
+#: The storages several Kontrol processes share (``kontrol --workers``; sqlite runs one).
+SHARED_STORAGES = ("etcd", "etcd2", "postgres")
 DEFAULT_BASELINE = "8e8e5a0"
 USER = "alice"
 ENVIRONMENT = "bench"
@@ -221,7 +233,7 @@ class KeepAlive:
 
 # --------------------------------------------------------------------------- --serve: the Kontrol
 
-def serve(storage: str, timings: dict[str, float], tree: Path) -> None:
+def serve(storage: str, timings: dict[str, float], tree: Path, workers: int = 1) -> None:
     """``--serve STORAGE``: a Kontrol of ``tree``'s code on 127.0.0.1 and a free port.
 
     Prints ``READY {port, url, kite_key, kontrol_file, modules, foreign}``, or ``READY
@@ -229,25 +241,129 @@ def serve(storage: str, timings: dict[str, float], tree: Path) -> None:
     Routes for the bench: ``GET /bench/stats`` (refresh and upsert counters, registry
     size, refresher lag, refreshes of the wave still to do: no storage call), ``GET
     /bench/count`` (the storage's count of kites without Kontrol's own entry; the
-    registry's; the modules check again) and ``POST /bench/refresh-wave?spread=S`` (every
-    live kite's refresh due within S seconds, or sooner if it was due sooner).
-    """
-    from flask import jsonify, request
+    registry's, and with ``?ids=1`` its kite ids; the modules check again) and ``POST
+    /bench/refresh-wave?spread=S`` (every live kite's refresh due within S seconds, or
+    sooner if it was due sooner).
 
+    ``--serve-workers N`` (N > 1, today's code only): N Kontrol processes on one port, as
+    ``kontrol --workers N`` runs them (``SO_REUSEPORT``, one kite id, storage and key pair made
+    once before they start); each also serves the bench routes on a port of its own, listed
+    in READY as ``control_ports`` with the workers' ``pids``.
+    """
     import kontrol as kontrol_package
-    from kite import Config
     from kontrol import Kontrol
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = Config()
-    config.username, config.ip, config.port = "koding", common.HOST, 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s")
     try:
-        kontrol = Kontrol(config, storage, **timings)
+        kontrol = Kontrol(bench_config(free_port() if workers > 1 else 0), storage, **timings)
     except ValueError as e:
         if "unknown storage" not in str(e):
             raise
         print("READY " + json.dumps({"unsupported": str(e)}), flush=True)
         return
+    if workers > 1:
+        serve_workers(kontrol, storage, timings, tree, workers)
+        return
+    watch_lag = add_bench_routes(kontrol, tree)
+    server = gevent.spawn(kontrol.run)
+    if not kontrol.kite.server_ready_notify().wait(20):
+        sys.exit("the Kontrol did not start")
+    gevent.spawn(watch_lag)
+    key = kontrol.register_user(USER)
+    modules, foreign = foreign_modules(tree)
+    print("READY " + json.dumps({"port": kontrol.kite.port, "url": kontrol.kite.url, "kite_key": key,
+                                 "kontrol_file": kontrol_package.__file__, "modules": modules, "foreign": foreign}),
+          flush=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, kontrol.close)
+    server.join()
+
+
+def bench_config(port: int) -> Any:
+    """The bench Kontrol's config: user ``koding`` on 127.0.0.1:``port`` (0: a free one)."""
+    from kite import Config
+
+    config = Config()
+    config.username, config.ip, config.port = "koding", common.HOST, port
+    return config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((common.HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def serve_workers(first: Any, storage: str, timings: dict[str, float], tree: Path, count: int) -> None:
+    """``--serve-workers``: ``first`` (not started) made the key pair and alice's kite key; ``count``
+    forked workers then serve its port, each with the bench routes on a control port of its own."""
+    from gevent.pywsgi import WSGIServer
+
+    import kontrol as kontrol_package
+    from kontrol import Kontrol
+
+    port, key, kontrol_id = first.kite.config.port, first.register_user(USER), str(uuid.uuid4())
+    url = f"http://{common.HOST}:{port}/kite"
+    first.storage.close()
+    ready_r, ready_w = os.pipe()
+    pids = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:  # a worker, before this process made any greenlet of its own
+            os.close(ready_r)
+            status = 1
+            try:
+                kontrol = Kontrol(bench_config(port), storage, **timings)
+                kontrol.kite.reuse_port, kontrol.kite.id = True, kontrol_id
+                watch_lag = add_bench_routes(kontrol, tree)
+                control = WSGIServer((common.HOST, 0), kontrol.kite.app, log=None)
+                control.start()
+                server = gevent.spawn(kontrol.run)
+                if not kontrol.kite.server_ready_notify().wait(20):
+                    sys.exit("a Kontrol worker did not start")
+                gevent.spawn(watch_lag)
+                os.write(ready_w, f"{os.getpid()} {control.server_port}\n".encode())
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    gevent.signal_handler(sig, kontrol.close)
+                server.join()
+                status = 0
+            finally:
+                os._exit(status)
+        pids.append(pid)
+    os.close(ready_w)
+    reader = FileObjectPosix(ready_r, "rb")
+    with gevent.Timeout(60, RuntimeError("the Kontrol workers did not start")):
+        lines = [reader.readline().decode().split() for _ in range(count)]
+    control_ports = [int(port_text) for _, port_text in lines]
+    modules, foreign = foreign_modules(tree)
+    print("READY " + json.dumps({"port": port, "url": url, "kite_key": key, "kontrol_file": kontrol_package.__file__,
+                                 "modules": modules, "foreign": foreign, "control_ports": control_ports,
+                                 "pids": pids}), flush=True)
+
+    def stop() -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, stop)
+    for pid in pids:
+        while True:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+            gevent.sleep(0.2)
+
+
+def add_bench_routes(kontrol: Any, tree: Path) -> Callable[[], None]:
+    """The ``/bench/*`` routes of :func:`serve` on ``kontrol``'s Flask app, and the counters behind them;
+    returns the loop that tracks the refresher's lag (to spawn once the Kontrol serves)."""
+    from flask import jsonify, request
+
     counters = {"upserts": 0, "upsert_s": 0.0, "refreshes": 0, "refresh_s": 0.0, "refresh_missing": 0,
                 "refresh_failed": 0, "max_lag_s": 0.0}
     store = kontrol.storage
@@ -294,9 +410,12 @@ def serve(storage: str, timings: dict[str, float], tree: Path) -> None:
     def count() -> Any:
         own = store.get_by_id(kontrol.kite.id) is not None  # today's Kontrol registers itself, 8e8e5a0's does not
         modules, foreign = foreign_modules(tree)
-        live = len(entries) - (kontrol.kite.id in entries)
-        return jsonify({"count": store.count() - own, "own": own, "registry": live, "modules": modules,
-                        "foreign": foreign})
+        live = [kite_id for kite_id in list(entries) if kite_id != kontrol.kite.id]
+        answer = {"count": store.count() - own, "own": own, "registry": len(live), "modules": modules,
+                  "foreign": foreign}
+        if request.args.get("ids"):
+            answer["ids"] = live
+        return jsonify(answer)
 
     def refresh_wave() -> Any:
         now, spread = time.monotonic(), float(request.args["spread"])
@@ -310,18 +429,7 @@ def serve(storage: str, timings: dict[str, float], tree: Path) -> None:
     app.add_url_rule("/bench/stats", "bench_stats", stats)
     app.add_url_rule("/bench/count", "bench_count", count)
     app.add_url_rule("/bench/refresh-wave", "bench_refresh_wave", refresh_wave, methods=["POST"])
-    server = gevent.spawn(kontrol.run)
-    if not kontrol.kite.server_ready_notify().wait(20):
-        sys.exit("the Kontrol did not start")
-    gevent.spawn(watch_lag)
-    key = kontrol.register_user(USER)
-    modules, foreign = foreign_modules(tree)
-    print("READY " + json.dumps({"port": kontrol.kite.port, "url": kontrol.kite.url, "kite_key": key,
-                                 "kontrol_file": kontrol_package.__file__, "modules": modules, "foreign": foreign}),
-          flush=True)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(sig, kontrol.close)
-    server.join()
+    return watch_lag
 
 
 # --------------------------------------------------------------------------- --worker: HTTP kites
@@ -529,6 +637,8 @@ class Plan:
     rounds: int
     pin: bool
     py_spy: Path | None = None
+    #: Kontrol processes of the all-cores runs (1: none).
+    workers: int = 1
 
     @property
     def wave_spread(self) -> float:
@@ -620,21 +730,28 @@ def cpu_now(pid: int | None) -> float | None:
 
 
 class CpuMeter:
-    """The CPU % process ``pid`` used since the meter was made."""
+    """The CPU % processes ``pids`` used together since the meter was made (200 %: two cores' worth)."""
 
-    def __init__(self, pid: int):
-        self.pid, self.cpu0, self.t0 = pid, cpu_now(pid), time.monotonic()
+    def __init__(self, pids: Sequence[int]):
+        self.pids = list(pids)
+        self.cpu0, self.t0 = self._cpu(), time.monotonic()
+
+    def _cpu(self) -> float | None:
+        seconds = [cpu_now(pid) for pid in self.pids]
+        return None if None in seconds else sum(s for s in seconds if s is not None)
 
     def percent(self) -> float | None:
-        cpu, seconds = cpu_now(self.pid), time.monotonic() - self.t0
+        cpu, seconds = self._cpu(), time.monotonic() - self.t0
         return None if cpu is None or self.cpu0 is None or seconds <= 0 else (cpu - self.cpu0) / seconds * 100
 
 
 class KontrolProcess:
-    """One version's ``--serve`` process on one storage location, and its bench routes."""
+    """One version's ``--serve`` process on one storage location, and its bench routes (summed over the
+    workers' control ports when the version runs several workers)."""
 
     def __init__(self, tree: Tree, location: str, plan: Plan):
-        cmd, env = tree.command(SCRIPT, "--serve", location, "--timings", json.dumps(plan.timings))
+        extra = ["--serve-workers", str(tree.workers)] if tree.workers > 1 else []
+        cmd, env = tree.command(SCRIPT, "--serve", location, "--timings", json.dumps(plan.timings), *extra)
         self.server = common.Server(cmd, tree.path, f"{tree.name} Kontrol", env=env)
         self.info = json.loads(self.server.ready)
         self.session = requests.Session()
@@ -644,21 +761,43 @@ class KontrolProcess:
         if not kontrol_file.is_relative_to(tree.path) or self.info["foreign"]:
             raise RuntimeError(f"the {tree.name} Kontrol imported kontrol from {kontrol_file} and "
                                f"{self.info['foreign']} from outside {tree.path}")
-        self.base = f"http://{common.HOST}:{self.info['port']}"
+        ports = self.info.get("control_ports") or [self.info["port"]]
+        self.bases = [f"http://{common.HOST}:{port}" for port in ports]
+        #: The Kontrol processes: the workers, or the ``--serve`` process itself.
+        self.pids: list[int] = self.info.get("pids") or [self.server.pid]
+        if tree.workers > 1 and plan.pin:
+            unpin(self.server.pid)  # the workers spread over every CPU, as `kontrol --workers` does
 
     @property
     def pid(self) -> int:
-        return self.server.pid
+        """The process profiled with ``--py-spy`` (the first worker)."""
+        return self.pids[0]
+
+    def _get(self, path: str, **params: Any) -> list[dict[str, Any]]:
+        return [self.session.get(base + path, params=params, timeout=HTTP_TIMEOUT).json() for base in self.bases]
 
     def stats(self) -> dict[str, Any]:
-        return self.session.get(self.base + "/bench/stats", timeout=HTTP_TIMEOUT).json()
+        """The counters summed over the workers (the refresher's lags: the worst)."""
+        answers = self._get("/bench/stats")
+        total = {key: sum(a[key] for a in answers) for key in answers[0]}
+        for key in ("max_lag_s", "lag_s"):
+            total[key] = max(a[key] for a in answers)
+        return total
 
     def count(self) -> dict[str, Any]:
-        return self.session.get(self.base + "/bench/count", timeout=HTTP_TIMEOUT).json()
+        """The storage's count (from one worker) and the kites any worker's registry holds."""
+        if len(self.bases) == 1:
+            return self._get("/bench/count")[0]
+        answers = self._get("/bench/count", ids=1)
+        live = set().union(*(a.pop("ids") for a in answers))
+        return {**answers[0], "registry": len(live), "foreign": [f for a in answers for f in a["foreign"]]}
 
     def refresh_wave(self, spread: float) -> int:
-        r = self.session.post(self.base + "/bench/refresh-wave", params={"spread": spread}, timeout=HTTP_TIMEOUT)
-        return r.json()["scheduled"]
+        scheduled = 0
+        for base in self.bases:
+            r = self.session.post(base + "/bench/refresh-wave", params={"spread": spread}, timeout=HTTP_TIMEOUT)
+            scheduled += r.json()["scheduled"]
+        return scheduled
 
     def stop(self) -> None:
         self.session.close()
@@ -677,7 +816,7 @@ def start_workers(kontrol: KontrolProcess, clients: Tree, run: str, plan: Plan) 
 
 def register_phase(kontrol: KontrolProcess, workers: list[Worker], result: RunResult) -> Measure:
     """Phase 1: the workers register every kite over HTTP."""
-    meter = CpuMeter(kontrol.pid)
+    meter = CpuMeter(kontrol.pids)
     for w in workers:
         w.tell("go")
     reports = [w.answer(PHASE_TIMEOUT) for w in workers]
@@ -751,7 +890,7 @@ def call_phase(kontrol: KontrolProcess, client: Any, run: str, plan: Plan, resul
         call = kontrol_call(method, matches, run, plan.kites, rng)
         probe = common.run_load([client], call, conc, PROBE_CALLS * conc)
         n = common.calls_for(probe.rate, plan.seconds, minimum=PROBE_CALLS * conc)
-        meter = CpuMeter(kontrol.pid)
+        meter = CpuMeter(kontrol.pids)
         stats = common.run_load([client], call, conc, n)
         result.error(probe.errors + stats.errors, f"{label}: {probe.note or stats.note}")
         result.measures[key] = Measure(stats.rate, stats.p50_ms, stats.p99_ms, meter.percent(), stats.errors)
@@ -769,7 +908,7 @@ def wave_phase(kontrol: KontrolProcess, workers: list[Worker], plan: Plan, resul
     mark(workers)
     interval, spread = plan.timings["heartbeat_interval"], plan.wave_spread
     s0 = kontrol.stats()
-    meter = CpuMeter(kontrol.pid)
+    meter = CpuMeter(kontrol.pids)
     result.scheduled = kontrol.refresh_wave(spread)
     t0 = time.monotonic()
     shortest, longest = t0 + max(interval, spread + WAVE_TAIL), t0 + spread + WAVE_TIMEOUT
@@ -810,7 +949,7 @@ def ws_phase(kontrol: KontrolProcess, clients: Tree, plan: Plan, result: RunResu
             "concurrency": WS_CONCURRENCY}
     ws = Worker(clients, "--worker-ws", spec, ready_timeout=120)
     try:
-        meter = CpuMeter(kontrol.pid)
+        meter = CpuMeter(kontrol.pids)
         ws.tell("go")
         r = ws.answer(PHASE_TIMEOUT)
         cpu = meter.percent()
@@ -837,6 +976,9 @@ def one_run(kind: str, tree: Tree, clients: Tree, sites: Sites, plan: Plan, name
     kontrol: KontrolProcess | None = None
     workers: list[Worker] = []
     try:
+        if tree.workers > 1 and kind not in SHARED_STORAGES:
+            result.unsupported = f"{kind} runs one Kontrol process (kontrol --help)"
+            return result
         kontrol = KontrolProcess(tree, location, plan)
         if "unsupported" in kontrol.info:
             result.unsupported = kontrol.info["unsupported"]
@@ -933,12 +1075,18 @@ def latency_cell(runs: Sequence[RunResult], key: str) -> str:
 
 RATIO_COLUMNS = ["current", "baseline", "ratio", "min–max", "p50 / p99 ms current", "p50 / p99 ms baseline",
                  "p99 ratio", "Kontrol CPU % cur / base"]
+#: The all-cores columns (today's Kontrol as ``--workers N``), when the bench ran them.
+WORKER_COLUMNS = ["workers", "workers / current", "min–max ", "p50 / p99 ms workers", "workers CPU %"]
 
 
 def storage_table(runs: Runs, plan: Plan, baseline_na: bool) -> common.Table:
-    """One storage's rows: the medians of each version and the ratios current / baseline."""
-    table = common.Table(["measurement", *RATIO_COLUMNS], right=RATIO_COLUMNS)
+    """One storage's rows: the medians of each version, the ratios current / baseline and, with the
+    all-cores runs, workers / current."""
+    workers = runs.get("workers", [])
+    extra = WORKER_COLUMNS if workers else []
+    table = common.Table(["measurement", *RATIO_COLUMNS, *extra], right=RATIO_COLUMNS + extra)
     current, baseline = runs["current"], runs.get("baseline", [])
+    workers_na = not workers or bool(workers[0].unsupported)
     for key, label in measure_rows(plan):
         cpu = common.fmt(med(current, key, "cpu"))
         if baseline_na:
@@ -950,7 +1098,15 @@ def storage_table(runs: Runs, plan: Plan, baseline_na: bool) -> common.Table:
             base = [rate_cell(baseline, key), times(rate), spread, latency_cell(baseline, key),
                     times(ratios(current, baseline, key, "p99")[0])]
             cpu += f" / {common.fmt(med(baseline, key, 'cpu'))}"
-        table.add(label, rate_cell(current, key), *base[:3], latency_cell(current, key), *base[3:], cpu)
+        cells = [rate_cell(current, key), *base[:3], latency_cell(current, key), *base[3:], cpu]
+        if workers and workers_na:
+            cells += ["n/a", "", "", "", ""]
+        elif workers:
+            rate, lo, hi = ratios(workers, current, key, "rate")
+            spread = f"{lo:.2f}–{hi:.2f}" if plan.rounds > 1 and lo is not None else ""
+            cells += [rate_cell(workers, key), times(rate), spread, latency_cell(workers, key),
+                      common.fmt(med(workers, key, "cpu"))]
+        table.add(label, *cells)
     return table
 
 
@@ -976,7 +1132,11 @@ def loads(runs: Sequence[RunResult]) -> str:
 def check_lines(runs: Runs, baseline_na: bool) -> str:
     """The lines under a storage's table: the refresh waves, kites lost and errors, the load."""
     def both(fn: Callable[[list[RunResult]], str]) -> str:
-        return f"current {fn(runs['current'])}; baseline {'n/a' if baseline_na else fn(runs['baseline'])}"
+        text = f"current {fn(runs['current'])}; baseline {'n/a' if baseline_na else fn(runs['baseline'])}"
+        workers = runs.get("workers", [])
+        if workers:
+            text += f"; workers {'n/a' if workers[0].unsupported else fn(workers)}"
+        return text
 
     return (f"refresh wave (worst round): {both(wave_check)}\n"
             f"kites lost / registeragain / errors (all rounds): {both(totals)}\n"
@@ -1021,6 +1181,16 @@ def report(results: dict[str, Runs], skipped: dict[str, str], plan: Plan) -> boo
     return bad
 
 
+def workers_note(plan: Plan) -> str:
+    """What the all-cores rows are."""
+    if plan.workers <= 1:
+        return "all rows: one Kontrol process (--workers 1: no all-cores rows)"
+    return (f"current and baseline: one Kontrol process; workers: today's Kontrol as {plan.workers} processes on one "
+            f"port (SO_REUSEPORT, one kite id, as `kontrol --workers {plan.workers}`), free to use every CPU (the "
+            f"clients stay where they are pinned), on {', '.join(SHARED_STORAGES)}; sqlite runs one process; "
+            f"workers / current: median (min–max) of the per-round ratios")
+
+
 def header(plan: Plan, sites: Sites, seconds: float, pinning: str, versions: str, load: tuple[float, float]) -> str:
     """The lines above the tables: the runs, the versions, the machine, the settings."""
     t = plan.timings
@@ -1041,8 +1211,7 @@ def header(plan: Plan, sites: Sites, seconds: float, pinning: str, versions: str
             f"refresh wave: every kite's refresh due within {plan.wave_spread:g} s (the wave a mass registration "
             f"brings one update interval later, brought forward)\n"
             f"ratio: current / baseline, median (min–max) of the per-round ratios: > 1 is faster for /s, < 1 better "
-            f"for p99\nall rows: one Kontrol process; the all-cores rows (`kontrol --workers N`, none in the baseline) "
-            f"are not measured yet\n")
+            f"for p99\n{workers_note(plan)}\n")
 
 
 def versions_note(trees: list[Tree], results: dict[str, Runs]) -> str:
@@ -1081,7 +1250,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--py-spy", type=Path, metavar="DIR", default=None,
                     help="py-spy record the Kontrol in each phase into DIR/<storage>-<version>-r<round>-<phase>.txt")
     # internal modes
+    ap.add_argument("--workers", type=int, default=len(common_cpus()),
+                    help="the all-cores rows: today's Kontrol as this many workers (default: one per CPU) on the "
+                         "shared storages; 0 or 1: skip them")
     ap.add_argument("--serve", metavar="STORAGE", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-workers", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--timings", help=argparse.SUPPRESS)
     ap.add_argument("--tree", type=Path, default=common.ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
@@ -1101,7 +1274,8 @@ def make_plan(opts: argparse.Namespace) -> Plan:
     plan = Plan(kites=opts.kites or (2000 if quick else 10_000), quick=quick,
                 timings=TIMINGS["quick" if quick else "default"], seconds=opts.seconds or (0.8 if quick else 2.0),
                 ws_kites=(100 if quick else 200) if opts.ws_kites is None else opts.ws_kites,
-                rounds=opts.rounds or (1 if quick else 3), pin=opts.pin == "split", py_spy=opts.py_spy)
+                rounds=opts.rounds or (1 if quick else 3), pin=opts.pin == "split", py_spy=opts.py_spy,
+                workers=max(1, opts.workers))
     if plan.py_spy is not None:
         if not py_spy_binary():
             sys.exit("--py-spy: py-spy is not installed (pip install py-spy)")
@@ -1142,6 +1316,8 @@ def bench(opts: argparse.Namespace) -> int:
     sys.path.append(str(common.ROOT))  # after the copy: only for tests.kontrol.conftest (postgres)
     if opts.baseline.lower() != "none":
         trees.append(baseline_tree(opts.baseline))
+    if plan.workers > 1:
+        trees.append(dataclasses.replace(trees[0], name="workers", workers=plan.workers))
     sites = Sites(scratch_dir(), plan.pin)
     results: dict[str, Runs] = {}
     skipped: dict[str, str] = {}
@@ -1170,7 +1346,7 @@ def main() -> int:
     if opts.serve or opts.worker or opts.worker_ws:
         use_tree(opts.tree.resolve())
     if opts.serve:
-        serve(opts.serve, json.loads(opts.timings), opts.tree.resolve())
+        serve(opts.serve, json.loads(opts.timings), opts.tree.resolve(), opts.serve_workers)
         return 0
     if opts.worker:
         worker(json.loads(opts.worker))

@@ -109,11 +109,13 @@ def git(*args: str) -> str:
 
 @dataclass
 class Tree:
-    """One version of the code: ``current`` (a copy of this working tree's packages) or ``baseline`` (a worktree)."""
+    """One version of the code: ``current`` (a copy of this working tree's packages) or ``baseline`` (a worktree);
+    ``workers``: how many Kontrol processes serve its port (``workers``, the all-cores rows: today's code, N > 1)."""
 
     name: str
     label: str
     path: Path
+    workers: int = 1
 
     def command(self, script: str, *args: str) -> tuple[list[str], dict[str, str]]:
         """``script ARGS --tree PATH`` on this tree's packages: the command line and its environment."""
