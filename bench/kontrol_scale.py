@@ -31,10 +31,13 @@ version, the order swapped every round. A run: a fresh Kontrol with the registry
 timings (heartbeat 10 s, update 60 s, key TTL 90 s; ``--quick``: 2 / 12 / 18 s, so that its
 5x fewer kites make the same heartbeats/s and refreshes/s), then
 
-1. **HTTP register**: two client processes (``--worker``, 16 registrations in flight each,
-   one keep-alive ``http.client`` connection per greenlet, see :class:`KeepAlive`) ``POST
-   /register`` N kites (default 10,000, ``--quick`` 2,000) of alice's, 100 per name; each
-   heartbeats from its registration on (``GET /heartbeat``, evenly spread over the interval).
+1. **HTTP register**: two client processes (``--worker``, 16 keep-alive ``http.client``
+   connections each, see :class:`KeepAlive`) ``POST /register`` N kites (default 10,000,
+   ``--quick`` 2,000) of alice's, 100 per name; each heartbeats from its registration on
+   (``GET /heartbeat``, evenly spread over the interval). A kite registers and heartbeats
+   on one connection of its own, as a real kite does through its keep-alive HTTP client
+   (so with ``--workers`` one worker serves all of a kite's requests); a connection sends
+   the due heartbeats of its registered kites before its next registration.
 2. **calls** on one kite connection (``kiteKey``) from this process while every kite
    heartbeats, after one untimed ``getKites`` per name (each signs the caller's token for
    its audience once; Kontrol caches it 48 h): ``getKites`` with 1 match (a random kite's 7
@@ -471,82 +474,92 @@ def worker(spec: dict[str, Any]) -> None:
     t0 = spec["t0"]  # the heartbeat schedule's origin (CLOCK_MONOTONIC is system-wide)
     state = {"window": Window(), "again_total": 0, "errors_total": 0}
 
-    def register_all() -> None:
-        todo = iter(mine)
+    connections = max(spec["register_concurrency"], spec["heartbeat_concurrency"])
+    #: Kite i lives on connection i % connections, as a real kite registers and heartbeats through a
+    #: keep-alive client of its own: with ``kontrol --workers`` all of it reaches one worker.
+    queues: list[Queue] = [Queue() for _ in range(connections)]
+    reports: list[tuple[int, list[float], list[str]]] = []
+
+    def register(conn: KeepAlive, i: int, latencies: list[float], errors: list[str]) -> None:
+        body = json.dumps({"url": f"http://{hostname(i)}.example:4001/kite", "kite": identity(run, i),
+                           "auth": {"type": "kiteKey", "key": key}}).encode()
+        t = time.perf_counter()
+        try:
+            status, text = conn.request("POST", "/register", body)
+            if status != 200 or json.loads(text).get("heartbeatInterval") is None:
+                raise RuntimeError(f"HTTP {status}: {text[:200]!r}")
+        except Exception as e:
+            errors.append(repr(e))
+            return
+        latencies.append((time.perf_counter() - t) * 1000)
+        registered.add(i)
+
+    def beat(conn: KeepAlive, i: int, due: float) -> None:
+        w: Window = state["window"]
+        start = time.monotonic()
+        w.lags_ms.append((start - due) * 1000)
+        w.sent += 1
+        try:
+            status, body = conn.request("GET", paths[i])
+            text = body.decode(errors="replace").strip() if status == 200 else f"HTTP {status}: {body[:100]!r}"
+        except Exception as e:
+            text = repr(e)
+        elapsed = (time.monotonic() - start) * 1000
+        w = state["window"]  # a mark may have started a new window meanwhile
+        if text == "pong":
+            w.pong += 1
+            w.latencies_ms.append(elapsed)
+        elif text == "registeragain":
+            w.again += 1
+            state["again_total"] += 1
+        else:
+            w.errors += 1
+            w.first_error = w.first_error or text[:200]
+            state["errors_total"] += 1
+
+    def connection(c: int) -> None:
+        """One keep-alive connection: registers its kites one by one (due heartbeats of the ones already
+        registered go first), then heartbeats them."""
+        conn, queue = KeepAlive(port), queues[c]
         latencies: list[float] = []
         errors: list[str] = []
-
-        def one_by_one() -> None:
-            conn = KeepAlive(port)
-            for i in todo:
-                body = json.dumps({"url": f"http://{hostname(i)}.example:4001/kite", "kite": identity(run, i),
-                                   "auth": {"type": "kiteKey", "key": key}}).encode()
-                t = time.perf_counter()
-                try:
-                    status, text = conn.request("POST", "/register", body)
-                    if status != 200 or json.loads(text).get("heartbeatInterval") is None:
-                        raise RuntimeError(f"HTTP {status}: {text[:200]!r}")
-                except Exception as e:
-                    errors.append(repr(e))
-                    continue
-                latencies.append((time.perf_counter() - t) * 1000)
-                registered.add(i)
-
-        started = time.monotonic()
-        gevent.joinall([gevent.spawn(one_by_one) for _ in range(spec["register_concurrency"])])
-        print(json.dumps({"registered": len(registered), "errors": len(errors),
-                          "first_error": errors[0] if errors else "", "start": started, "end": time.monotonic(),
-                          "latencies_ms": [round(x, 3) for x in latencies]}), flush=True)
-
-    queue: Queue = Queue()
+        for i in mine[c::connections]:
+            while not queue.empty():
+                beat(conn, *queue.get())
+            register(conn, i, latencies, errors)
+        reports.append((c, latencies, errors))
+        if len(reports) == connections:
+            latencies = [x for _, lat, _ in reports for x in lat]
+            errors = [e for _, _, errs in reports for e in errs]
+            print(json.dumps({"registered": len(registered), "errors": len(errors),
+                              "first_error": errors[0] if errors else "", "start": started,
+                              "end": time.monotonic(), "latencies_ms": [round(x, 3) for x in latencies]}),
+                  flush=True)
+        while True:
+            beat(conn, *queue.get())
 
     def schedule() -> None:
         """Kite i beats at t0 + (c + i / total) * interval, c = 0, 1, ...: spread evenly."""
         cycle = 0
         while True:
-            for i in mine:
+            for n, i in enumerate(mine):
                 due = t0 + (cycle + i / total) * interval
                 wait = due - time.monotonic()
                 if wait > 0.002:
                     gevent.sleep(wait)
                 if i in registered:
-                    queue.put((i, due))
+                    queues[n % connections].put((i, due))
             cycle += 1
 
-    def beat() -> None:
-        conn = KeepAlive(port)
-        while True:
-            i, due = queue.get()
-            w: Window = state["window"]
-            start = time.monotonic()
-            w.lags_ms.append((start - due) * 1000)
-            w.sent += 1
-            try:
-                status, body = conn.request("GET", paths[i])
-                text = body.decode(errors="replace").strip() if status == 200 else f"HTTP {status}: {body[:100]!r}"
-            except Exception as e:
-                text = repr(e)
-            elapsed = (time.monotonic() - start) * 1000
-            w = state["window"]  # a mark may have started a new window meanwhile
-            if text == "pong":
-                w.pong += 1
-                w.latencies_ms.append(elapsed)
-            elif text == "registeragain":
-                w.again += 1
-                state["again_total"] += 1
-            else:
-                w.errors += 1
-                w.first_error = w.first_error or text[:200]
-                state["errors_total"] += 1
-
-    jobs = [gevent.spawn(register_all), gevent.spawn(schedule)]
-    jobs += [gevent.spawn(beat) for _ in range(spec["heartbeat_concurrency"])]
+    started = time.monotonic()
+    jobs = [gevent.spawn(schedule), *(gevent.spawn(connection, c) for c in range(connections))]
     for line in stdin:
         command = line.strip().decode()
         if command == "mark":
             window, state["window"] = state["window"], Window()
             print(json.dumps({"window": window.to_json(), "again_total": state["again_total"],
-                              "errors_total": state["errors_total"], "queued": queue.qsize()}), flush=True)
+                              "errors_total": state["errors_total"],
+                              "queued": sum(q.qsize() for q in queues)}), flush=True)
         elif command == "stop":
             break
     gevent.killall(jobs)
