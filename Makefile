@@ -35,12 +35,13 @@ chromium:
 
 deps: $(VENV)/.installed $(KITEJS)/node_modules/.installed etcd-server postgresql chromium
 
+# Three pytest processes side by side (tests/parallel.py: the tests mostly wait); PYTEST_ARGS go to each.
 test: deps lint
-	$(PY) -m pytest
+	$(PY) tests/parallel.py $(PYTEST_ARGS)
 
 # Style, the layer contracts of setup.cfg (DESIGN.md) and the types.
 lint: $(VENV)/.installed
-	$(PY) -m ruff check kite kitecli kontrol examples tests bench
+	$(PY) -m ruff check kite kitecli kontrol examples tests bench fuzz
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m mypy
 

@@ -8,6 +8,7 @@ reaches the caller as an ``argumentError``.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +31,15 @@ def _type_name(value: Any) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
+def _data_repr(value: Any) -> str:
+    """``repr(value)`` for an error message; a received value nested too deeply for ``repr``
+    (JSON decoders accept ~1000 levels) is shown by a bounded-depth repr instead."""
+    try:
+        return repr(value)
+    except RecursionError:
+        return reprlib.repr(value)
+
+
 class Value:
     """One received JSON value, with typed getters.
 
@@ -48,7 +58,7 @@ class Value:
         return f"{type(self).__name__}({self.raw!r})"
 
     def _mismatch(self, wanted: str) -> ArgumentError:
-        return ArgumentError(f"expected {wanted}, got {_type_name(self.raw)}. Data: {self.raw!r}")
+        return ArgumentError(f"expected {wanted}, got {_type_name(self.raw)}. Data: {_data_repr(self.raw)}")
 
     def _array(self) -> list[Any]:
         if self.raw is None:
@@ -91,7 +101,10 @@ class Value:
         """A JSON number, as a float."""
         if isinstance(self.raw, bool) or not isinstance(self.raw, (int, float)):
             raise self._mismatch("number")
-        return float(self.raw)
+        try:
+            return float(self.raw)
+        except OverflowError:  # an integer beyond float64, which Go's decoder refuses too
+            raise ArgumentError(f"number out of range: {_data_repr(self.raw)}") from None
 
     def must_int(self) -> int:
         """A JSON number with no fractional part, as an int."""

@@ -17,6 +17,7 @@ kite.js's (decimal-string indices); ``links`` is ignored.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
@@ -37,6 +38,9 @@ else:
 _GO_EXPONENT_FROM = 1e21
 #: Types that go on the wire as they are (exact types: bool is its own).
 _PLAIN = frozenset((str, int, bool, type(None)))
+#: Decimal digits a callback id or a path index may have: Go's ids are uint64 (20 digits), and
+#: ``int()`` refuses strings over 4300 digits with a ValueError, so longer ones are refused first.
+_MAX_INDEX_DIGITS = 20
 
 
 
@@ -187,12 +191,13 @@ def decode_message(text: str | bytes) -> Message:
         if type(raw_callbacks) is not dict:
             raise RemoteProtocolError("callbacks is not an object")
         for key, path in raw_callbacks.items():
+            # reprlib in the messages: bounded depth and length, so a deeply nested path cannot blow the stack
             if type(path) is not list:
-                raise RemoteProtocolError(f"callback path is not an array of keys: {path!r}")
+                raise RemoteProtocolError(f"callback path is not an array of keys: {reprlib.repr(path)}")
             for step in path:
                 if type(step) is not str and type(step) is not int:
-                    raise RemoteProtocolError(f"callback path is not an array of keys: {path!r}")
-            if not (key.isdigit() and key.isascii()):  # JSON object keys are always strings
+                    raise RemoteProtocolError(f"callback path is not an array of keys: {reprlib.repr(path)}")
+            if not (key.isdigit() and key.isascii() and len(key) <= _MAX_INDEX_DIGITS):  # keys are strings
                 raise RemoteProtocolError(f"callback id is not an unsigned integer: {key!r}")
             callbacks[int(key)] = path
     elif raw_callbacks is not None and type(raw_callbacks) is not dict:
@@ -220,7 +225,7 @@ def unscrub(arguments: list[Any], callbacks: dict[int, Path], make_proxy: Callab
 
 def _index(container: list[Any], step: int | str) -> int | None:
     if isinstance(step, str):
-        if not (step.isdigit() and step.isascii()):
+        if not (step.isdigit() and step.isascii() and len(step) <= _MAX_INDEX_DIGITS):
             return None
         step = int(step)
     if 0 <= step < len(container):

@@ -6,7 +6,9 @@ A kite is named by seven strings (PROTOCOL.md §4.1); its path form is
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -183,7 +185,11 @@ class RegisterResult:
             setattr(out, attr, value)
         interval = obj.get("heartbeatInterval")
         if interval is not None:
-            if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
+            if (
+                isinstance(interval, bool)
+                or not isinstance(interval, (int, float))
+                or not 0 <= interval < math.inf  # NaN and the infinities fail too: int() refuses them
+            ):
                 raise ValueError(f"register result heartbeatInterval must be a non-negative number, got {interval!r}")
             out.heartbeat_interval = int(interval)
         return out
@@ -209,6 +215,6 @@ def parse_get_kites_result(raw: Any) -> tuple[list[dict[str, Any]], str]:
             and isinstance(entry.get("url"), str)
             and isinstance(entry.get("token"), str)
         ):
-            raise ValueError(f"malformed kite entry {entry!r}")
+            raise ValueError(f"malformed kite entry {reprlib.repr(entry)}")  # bounded: entries may nest deeply
     watcher_id = raw.get("watcherID")
     return list(kites), watcher_id if isinstance(watcher_id, str) else ""

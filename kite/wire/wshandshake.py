@@ -106,7 +106,7 @@ def parse_head(head: bytes, url: str) -> tuple[int, HeaderList]:
     """The status code and headers of a response head (without its blank line)."""
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not (parts[1].isdigit() and len(parts[1]) == 3):
         raise HandshakeError(f"bad WebSocket handshake response from {url}: {lines[0][:80]!r}")
     headers = []
     for line in lines[1:]:
@@ -120,7 +120,10 @@ def parse_head(head: bytes, url: str) -> tuple[int, HeaderList]:
 def reject_body_length(headers: HeaderList) -> int:
     """How much of a refused upgrade's body to read: its Content-Length, at most :data:`MAX_REJECT_BODY`."""
     length = next((v for k, v in headers if k == b"content-length"), None)
-    return min(int(length), MAX_REJECT_BODY) if length is not None and length.isdigit() else 0
+    if length is None or not length.isdigit():
+        return 0
+    # More digits than the cap has is more than the cap (and int() refuses 4300+ digits).
+    return MAX_REJECT_BODY if len(length) > len(str(MAX_REJECT_BODY)) else min(int(length), MAX_REJECT_BODY)
 
 
 def check_accepted(headers: HeaderList, key: bytes, url: str) -> None:

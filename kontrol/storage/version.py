@@ -25,16 +25,22 @@ from dataclasses import dataclass
 # The version grammar of go-version (VersionRegexpRaw), written for Python's re.
 # Groups: 1 = the dotted numbers, 4 = a pre-release after "-" starting with a digit,
 # 7 = a pre-release starting with a letter (dash optional), 10 = metadata after "+".
+# Go's ``[0-9]+[0-9A-Za-z\-~]*`` is written ``[0-9][0-9A-Za-z\-~]*`` (the same strings, the
+# same groups): RE2 runs in linear time, but Python's backtracking tried every split of
+# the run between the two classes, quadratic time on a long non-version (a 16 KB query
+# version held Kontrol's hub for ~50 s).
 _VERSION_RAW = (
     r"v?([0-9]+(\.[0-9]+)*?)"
-    r"(-([0-9]+[0-9A-Za-z\-~]*(\.[0-9A-Za-z\-~]+)*)|(-?([A-Za-z\-~]+[0-9A-Za-z\-~]*(\.[0-9A-Za-z\-~]+)*)))?"
+    r"(-([0-9][0-9A-Za-z\-~]*(\.[0-9A-Za-z\-~]+)*)|(-?([A-Za-z\-~][0-9A-Za-z\-~]*(\.[0-9A-Za-z\-~]+)*)))?"
     r"(\+([0-9A-Za-z\-~]+(\.[0-9A-Za-z\-~]+)*))??"
 )
 _VERSION_RE = re.compile(_VERSION_RAW)
 # Go's RE2 "\s" is ASCII whitespace without \v; spell it out so Python's Unicode \s
 # does not accept more than Go does. Longer operators first so ">=" is not read as ">".
+# The operator and the blanks after it form one optional group: two blank runs around an
+# empty operator would again be split every way on a long run of blanks (group 1 is then None).
 _WS = r"[\t\n\f\r ]*"
-_CONSTRAINT_RE = re.compile(rf"{_WS}(>=|<=|!=|~>|>|<|=|){_WS}({_VERSION_RAW}){_WS}")
+_CONSTRAINT_RE = re.compile(rf"{_WS}(?:(>=|<=|!=|~>|>|<|=){_WS})?({_VERSION_RAW}){_WS}")
 _INT64_RE = re.compile(r"[+-]?[0-9]+")
 # go-version stores segments as int64; a larger number is a parse error there.
 _INT64_MAX = 2**63 - 1
@@ -199,7 +205,7 @@ class Constraints:
             m = _CONSTRAINT_RE.fullmatch(single)
             if m is None:
                 raise ValueError(f"Malformed constraint: {single}")
-            terms.append(Constraint(m.group(1), Version.parse(m.group(2)), single))
+            terms.append(Constraint(m.group(1) or "", Version.parse(m.group(2)), single))
         return cls(tuple(terms))
 
     def check(self, version: Version | str) -> bool:

@@ -1,0 +1,35 @@
+"""Fuzz harness: SockJS frames (kite.wire.sockjs), both sides.
+
+Invariant: ``decode_server_frame`` (what a dialing client reads) and ``decode_client_payload``
+(what a server reads from a websocket message or an ``xhr_send`` body) return their value or
+raise ``RemoteProtocolError``, for bytes and for text.
+"""
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from kite.errors import KiteError, ProtocolError
+    from kite.wire import sockjs
+
+ALLOWED = (ProtocolError, KiteError)
+
+
+def TestOneInput(data: bytes) -> None:
+    text = data.decode("utf-8", "surrogateescape")
+    for parse in (sockjs.decode_server_frame, sockjs.decode_client_payload):
+        for frame in (data, text):
+            try:
+                parse(frame)
+            except ALLOWED:
+                pass
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
