@@ -9,11 +9,17 @@ package (a big-integer XOR where it is missing), never a generator per byte.
 Violations raise :class:`FrameError`, a :class:`~kite.errors.RemoteProtocolError`
 carrying the close code to answer with (1002 protocol error, 1007 invalid
 UTF-8, 1009 message too big). No extension is ever negotiated, so any RSV bit
-is an error.
+is an error. A frame's header is judged as soon as its first two bytes are in
+(reserved bits and opcodes, continuation out of place, masking), a fragmented
+text message's UTF-8 fragment by fragment: a broken stream fails where it
+breaks, not at the end of a message that may never end. After a close frame
+(or an error) the decoder ignores whatever follows, as RFC 6455 §5.5.1 and
+§7.1.7 want. Tested against ``wsproto`` as the oracle (tests/edges).
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import struct
 from typing import Any, TypeAlias
@@ -54,13 +60,25 @@ _MASK_POOL_SIZE = 4096
 _FINAL_TEXT = bytes((0x80 | OP_TEXT,))
 
 
+#: Opcodes RFC 6455 defines (§5.2); the others are reserved and fail the connection.
+_DATA_OPCODES = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY))
+_CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
+#: Incremental UTF-8 checking of fragmented text messages (strict: no surrogates, no overlongs).
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
 class FrameError(RemoteProtocolError):
-    """The peer broke RFC 6455; ``code`` is the close code to answer with."""
+    """The peer broke RFC 6455; ``code`` is the close code to answer with.
+
+    ``events`` are the complete events decoded from the same input before the
+    violation: what the peer validly said before it broke the protocol.
+    """
 
     def __init__(self, code: int, reason: str):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.events: list[FrameEvent] = []
 
 
 def _apply_mask_python(data: bytes | bytearray | memoryview, mask: bytes | bytearray) -> bytes:
@@ -116,11 +134,23 @@ def encode_frame(opcode: int, payload: bytes, mask: bool) -> bytes:
     return header + payload
 
 
+def _truncate_utf8(text: str, limit: int) -> bytes:
+    """``text`` as UTF-8, cut to at most ``limit`` bytes on a character boundary
+    (a reason cut inside a character would make the peer fail with 1007)."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return data
+    return data[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
 def encode_close(code: int | None, reason: str, mask: bool) -> bytes:
-    """A close frame; ``code`` ``None`` (or 1005) sends an empty payload."""
+    """A close frame; ``code`` ``None`` (or 1005) sends an empty payload.
+
+    The reason is cut (on a character boundary) to fit the 125-byte control payload.
+    """
     if code is None or code == CLOSE_NO_STATUS:
         return encode_frame(OP_CLOSE, b"", mask)
-    data = reason.encode("utf-8")[: MAX_CONTROL_PAYLOAD - 2]
+    data = _truncate_utf8(reason, MAX_CONTROL_PAYLOAD - 2)
     return encode_frame(OP_CLOSE, struct.pack("!H", code) + data, mask)
 
 
@@ -145,24 +175,30 @@ class FrameDecoder:
     ``masked`` is what the peer must do: ``True`` on the server (clients mask),
     ``False`` on the client. Messages bigger than ``max_message_size`` bytes are
     refused as soon as a frame header announces them, before buffering them.
+    Once a close frame has been decoded (or an error raised), further input is ignored.
     """
 
-    __slots__ = ("_masked", "max_message_size", "_buf", "_parts", "_size", "_opcode")
+    __slots__ = ("_masked", "max_message_size", "_buf", "_parts", "_size", "_opcode", "_utf8", "_done")
 
     def __init__(self, masked: bool, max_message_size: int):
         self._masked = masked
         self.max_message_size = max_message_size
         self._buf = bytearray()
-        self._parts: list[bytes] = []
-        self._size = 0
+        self._parts: list[Any] = []  # str fragments of a text message, bytes of a binary one
+        self._size = 0  # payload bytes of the fragmented message so far
         self._opcode: int | None = None  # opcode of the fragmented message in progress
+        self._utf8: codecs.IncrementalDecoder | None = None  # checks a fragmented text message
+        self._done = False  # a close frame came (or the peer broke the protocol): ignore the rest
 
     def receive(self, data: bytes) -> list[FrameEvent]:
         """Feed received bytes; return the complete events, in order.
 
         Events: ``(TEXT, str)``, ``(BINARY, bytes)``, ``(PING, bytes)``,
-        ``(PONG, bytes)``, ``(CLOSE, code, reason)``.
+        ``(PONG, bytes)``, ``(CLOSE, code, reason)``. A violation raises
+        :class:`FrameError`, whose ``events`` hold what came before it.
         """
+        if self._done:
+            return []
         if not self._buf and data[:1] == _FINAL_TEXT and self._opcode is None:
             event = self._single_text_frame(data)
             if event is not None:
@@ -173,17 +209,53 @@ class FrameDecoder:
         else:
             buf = self._buf = bytearray(data)
         events: list[FrameEvent] = []
+        try:
+            pos = self._frames(buf, events)
+        except FrameError as exc:
+            self._done = True
+            buf.clear()
+            exc.events = events
+            raise
+        closed: bool = self._done  # (a fresh read: _frames may have set it)
+        if closed:  # a close frame: what follows it is not read (§5.5.1)
+            buf.clear()
+        elif pos:
+            del buf[:pos]
+        return events
+
+    def _check_header(self, b0: int, b1: int) -> None:
+        """Refuse a frame from its first two bytes: RSV bits, reserved opcodes, fragmentation
+        out of place, masking the wrong way (all 1002)."""
+        opcode = b0 & 0x0F
+        if b0 & 0x70:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
+        if opcode >= 8:
+            if opcode not in _CONTROL_OPCODES:
+                raise FrameError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+            if not b0 & 0x80:
+                raise FrameError(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
+            if (b1 & 0x7F) > MAX_CONTROL_PAYLOAD:
+                raise FrameError(CLOSE_PROTOCOL_ERROR, "control frame payload over 125 bytes")
+        elif opcode not in _DATA_OPCODES:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+        elif opcode == OP_CONTINUATION:
+            if self._opcode is None:
+                raise FrameError(CLOSE_PROTOCOL_ERROR, "continuation frame without a message to continue")
+        elif self._opcode is not None:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, "new message before the fragmented one ended")
+        if bool(b1 & 0x80) is not self._masked:
+            what = "unmasked client frame" if self._masked else "masked server frame"
+            raise FrameError(CLOSE_PROTOCOL_ERROR, what)
+
+    def _frames(self, buf: bytearray, events: list[FrameEvent]) -> int:
+        """Decode the whole frames at the start of ``buf`` into ``events``; return the bytes used."""
         pos = 0
         end = len(buf)
         while end - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
+            self._check_header(b0, b1)
             opcode = b0 & 0x0F
-            if b0 & 0x70:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
-            if bool(b1 & 0x80) is not self._masked:
-                what = "unmasked client frame" if self._masked else "masked server frame"
-                raise FrameError(CLOSE_PROTOCOL_ERROR, what)
             length = b1 & 0x7F
             head = pos + 2
             if length == 126:
@@ -198,12 +270,7 @@ class FrameDecoder:
                 head = pos + 10
                 if length >> 63:
                     raise FrameError(CLOSE_PROTOCOL_ERROR, "frame length has its top bit set")
-            if opcode >= 8:
-                if not b0 & 0x80:
-                    raise FrameError(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
-                if length > MAX_CONTROL_PAYLOAD:
-                    raise FrameError(CLOSE_PROTOCOL_ERROR, "control frame payload over 125 bytes")
-            elif self._size + length > self.max_message_size:
+            if opcode < 8 and self._size + length > self.max_message_size:
                 raise FrameError(CLOSE_TOO_BIG, f"message bigger than {self.max_message_size} bytes")
             start = head + 4 if self._masked else head
             if end - start < length:
@@ -213,14 +280,16 @@ class FrameDecoder:
                 payload = apply_mask(payload, bytes(buf[head:start]))
             pos = start + length
             if opcode >= 8:
-                events.append(self._control(opcode, payload))
+                event = self._control(opcode, payload)
+                events.append(event)
+                if event[0] is CLOSE:
+                    self._done = True
+                    break
             else:
-                event = self._data(opcode, b0 & 0x80, payload)
-                if event is not None:
-                    events.append(event)
-        if pos:
-            del buf[:pos]
-        return events
+                data_event = self._data(opcode, b0 & 0x80, payload)
+                if data_event is not None:
+                    events.append(data_event)
+        return pos
 
     def _single_text_frame(self, data: bytes) -> FrameEvent | None:
         """The common case in one step: ``data`` is exactly one whole, final, small text frame
@@ -244,6 +313,7 @@ class FrameDecoder:
         try:
             return (TEXT, payload.decode("utf-8"))
         except UnicodeDecodeError:
+            self._done = True
             raise FrameError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
 
     def _control(self, opcode: int, payload: bytes) -> FrameEvent:
@@ -251,32 +321,42 @@ class FrameDecoder:
             return (PING, payload)
         if opcode == OP_PONG:
             return (PONG, payload)
-        if opcode == OP_CLOSE:
-            return (CLOSE, *_parse_close(payload))
-        raise FrameError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+        return (CLOSE, *_parse_close(payload))  # _check_header let only these three through
 
     def _data(self, opcode: int, fin: int, payload: bytes) -> FrameEvent | None:
+        """One data frame (its opcode already checked against the state by :meth:`_check_header`)."""
         if opcode == OP_CONTINUATION:
-            if self._opcode is None:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "continuation frame without a message to continue")
-            opcode = self._opcode
-        elif opcode in (OP_TEXT, OP_BINARY):
-            if self._opcode is not None:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "new message before the fragmented one ended")
-        else:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
-        if not fin:
-            self._opcode = opcode
-            self._parts.append(payload)
-            self._size += len(payload)
-            return None
-        if self._parts:
-            self._parts.append(payload)
-            payload = b"".join(self._parts)
-            self._parts, self._size, self._opcode = [], 0, None
-        if opcode == OP_TEXT:
-            try:
-                return (TEXT, payload.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise FrameError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
-        return (BINARY, payload)
+            opcode = self._opcode  # type: ignore[assignment]  # not None: _check_header saw to it
+            part = self._decode_part(payload, bool(fin))
+            self._parts.append(part)
+            if not fin:
+                self._size += len(payload)
+                return None
+            parts = self._parts
+            self._parts, self._size, self._opcode, self._utf8 = [], 0, None, None
+            if opcode == OP_TEXT:
+                return (TEXT, "".join(parts))
+            return (BINARY, b"".join(parts))
+        if fin:
+            if opcode == OP_TEXT:
+                try:
+                    return (TEXT, payload.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise FrameError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
+            return (BINARY, payload)
+        # The first fragment of a fragmented message.
+        self._opcode = opcode
+        self._utf8 = _Utf8Decoder() if opcode == OP_TEXT else None
+        self._parts = [self._decode_part(payload, False)]
+        self._size = len(payload)
+        return None
+
+    def _decode_part(self, payload: bytes, final: bool) -> Any:
+        """A fragment as it is kept: checked UTF-8 text in a text message (an invalid one fails
+        here, 1007, before the rest of the message comes), bytes in a binary one."""
+        if self._utf8 is None:
+            return payload
+        try:
+            return self._utf8.decode(payload, final)
+        except UnicodeDecodeError:
+            raise FrameError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
