@@ -11,13 +11,17 @@ user), ``sub`` (this user), ``jti`` (an id), ``kontrolURL`` and ``kontrolKey``
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 from .auth import kite_key_claims
 from .errors import KiteError
+
+log = logging.getLogger("kite.kitekey")
 
 #: Directory under the home directory when ``KITE_HOME`` is unset.
 KITE_DIR_NAME = ".kite"
@@ -28,6 +32,10 @@ DIR_MODE = 0o700
 #: kite.key is a bearer credential: readable and writable by the owner only.
 #: (Go writes 0400 after deleting the old file; 0600 lets us replace it atomically.)
 FILE_MODE = 0o600
+#: Permission bits that must not be set on kite.key: anyone in its group or on the machine
+#: who can read it can call as its user. :func:`read` warns (it does not refuse: Go reads any
+#: mode, and a shared deployment may mean it).
+SHARED_MODE_BITS = stat.S_IRWXG | stat.S_IRWXO
 
 
 class KiteKeyError(Exception):
@@ -99,6 +107,7 @@ def read(path: str | None = None) -> str:
     path = path or key_path()
     try:
         with open(path, encoding="utf-8") as f:
+            _warn_if_shared(path, os.fstat(f.fileno()).st_mode)
             text = f.read().strip()
     except FileNotFoundError:
         raise KiteKeyNotFoundError(2, f"kite.key not found at {path}", path) from None
@@ -107,6 +116,13 @@ def read(path: str | None = None) -> str:
     if not text:
         raise KiteKeyError(f"kite.key at {path} is empty")
     return text
+
+
+def _warn_if_shared(path: str, mode: int) -> None:
+    """Log a warning when kite.key is open to its group or to others (see :data:`SHARED_MODE_BITS`)."""
+    if mode & SHARED_MODE_BITS:
+        log.warning("kite.key at %s has mode %04o: group or others have access to it (and can call as its user); "
+                    "chmod 600 it", path, stat.S_IMODE(mode))
 
 
 def write(key: str, path: str | None = None) -> str:

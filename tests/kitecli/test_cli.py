@@ -159,7 +159,9 @@ def test_callbacks_print_one_json_line_each_and_wait_keeps_listening(math):
 
 
 def test_a_bad_kite_key_is_one_clear_line(math, kite_home):
-    (kite_home / "kite.key").write_text("not a jwt")
+    key = kite_home / "kite.key"
+    key.write_text("not a jwt")
+    key.chmod(0o600)  # as every kite.key is written (a readable one adds a warning line)
     r = kitecli("tell", math.url, "square", "2")
     assert r.code == 1 and r.err.startswith("kitecli: ") and "kite.key" in r.err and len(r.err.splitlines()) == 1
 
