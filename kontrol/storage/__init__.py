@@ -55,6 +55,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailableError",
     "Watcher",
+    "etcd_members",
     "get_audience",
     "open_storage",
 ]
@@ -82,6 +83,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def etcd_members(netloc: str) -> list[tuple[str, int]]:
+    """``(host, port)`` of each comma-separated member of an etcd URL's ``host:port,host:port``
+    (a missing host is 127.0.0.1, a missing port :data:`ETCD_DEFAULT_PORT`)."""
+    members = []
+    for member in netloc.split(","):
+        parts = urlsplit(f"//{member.strip()}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"etcd member {member!r}: not host:port") from None
+        members.append((parts.hostname or "127.0.0.1", port or ETCD_DEFAULT_PORT))
+    return members
+
+
 def open_storage(url_or_name: str, **options: Any) -> Storage:
     """Open a backend from a name or URL; ``options`` go to the backend's constructor.
 
@@ -89,7 +104,9 @@ def open_storage(url_or_name: str, **options: Any) -> Storage:
     * ``"sqlite:///relative.db"``, ``"sqlite:////absolute.db"`` (SQLAlchemy's
       convention), ``"sqlite://"`` (in memory), or a plain file path:
       :class:`SqliteStorage`;
-    * ``"etcd://host:port[/prefix]"``: :class:`~kontrol.storage.etcd.EtcdStorage` (v3 API);
+    * ``"etcd://host:port[/prefix]"``: :class:`~kontrol.storage.etcd.EtcdStorage` (v3 API); a
+      cluster as ``"etcd://host1:port1,host2:port2,host3:port3[/prefix]"`` (requests fail over from
+      one member to the next);
     * ``"etcd2://host:port[/prefix]"``: :class:`~kontrol.storage.etcd2.Etcd2Storage` (v2
       API, the Go Kontrol's layout);
     * ``"postgres://user:password@host:port/dbname"`` (or ``postgresql://``):
@@ -115,7 +132,10 @@ def open_storage(url_or_name: str, **options: Any) -> Storage:
         return SqliteStorage(path or ":memory:", **options)
     if scheme in ("etcd", "etcd2"):
         parts = urlsplit(url_or_name)
-        where = {"host": parts.hostname or "127.0.0.1", "port": parts.port or ETCD_DEFAULT_PORT}
+        members = etcd_members(parts.netloc)
+        where: dict[str, Any] = {"host": members[0][0], "port": members[0][1]}
+        if len(members) > 1:
+            where["failover"] = members[1:]
         if parts.path not in ("", "/"):
             where["prefix"] = parts.path
         if scheme == "etcd":

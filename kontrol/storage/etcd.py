@@ -31,7 +31,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,9 @@ DEFAULT_PREFIX = "/kontrol"
 TXN_ATTEMPTS = 20
 #: Keys fetched per range request, so a huge registry is read in bounded responses.
 RANGE_PAGE_SIZE = 1000
-
+#: HTTP statuses of the gateway for gRPC Unavailable / DeadlineExceeded: the member has no leader
+#: (lost quorum), is shutting down, or timed out: a request to another member may succeed.
+UNAVAILABLE_STATUSES = (502, 503, 504)
 
 
 def _etcd_message(text: str) -> str:
@@ -103,7 +105,9 @@ class EtcdStorage(common.EtcdStorageBase):
     ``timeout`` bounds each request; ``pool_size`` bounds the connections to etcd
     (plus one per storage instance for the watch stream while anything watches);
     ``ca_cert`` and ``cert`` (a (cert, key) file pair) configure TLS with ``protocol="https"``;
-    ``replica`` keeps the kites in memory for reads (see the module docstring).
+    ``replica`` keeps the kites in memory for reads (see the module docstring);
+    ``failover``: the ``(host, port)`` of the cluster's other members, which requests and the watch
+    stream move on to when the member they use fails (:mod:`kontrol.storage.httppool`).
     """
 
     def __init__(
@@ -118,12 +122,16 @@ class EtcdStorage(common.EtcdStorageBase):
         ca_cert: str | None = None,
         cert: tuple[str, str] | None = None,
         replica: bool = True,
+        failover: Sequence[tuple[str, int]] = (),
     ) -> None:
-        super().__init__(host, port, protocol, timeout, pool_size)
+        super().__init__(host, port, protocol, timeout, pool_size, failover)
         self._tls = {"verify": ca_cert or True, "cert": cert}
         context = tls_context(ca_cert, cert) if protocol == "https" else None
-        self._http = EtcdHttp(host, port, protocol, timeout=timeout, pool_size=pool_size, ssl_context=context)
-        self._watch_url = f"{protocol}://{host}:{port}{API_PATH}/watch"
+        self._http = EtcdHttp(host, port, protocol, timeout=timeout, pool_size=pool_size, ssl_context=context,
+                              failover=failover, unavailable_statuses=UNAVAILABLE_STATUSES)
+        #: The watch URL of each member, and the one the next watch stream opens on.
+        self._watch_urls = [f"{protocol}://{h}:{p}{API_PATH}/watch" for h, p in self._http.endpoints]
+        self._watch_member = 0
         #: Kite id -> (lease, TTL) of this instance's last write of it: a refresh keeps that lease
         #: alive in one round trip; on any doubt (expired, replaced) it reads the id index.
         self._leases: dict[str, tuple[int, int]] = {}
@@ -255,19 +263,24 @@ class EtcdStorage(common.EtcdStorageBase):
         kid = kite_id(kite)
         wanted = whole_seconds(ttl) if ttl is not None else None
         known = self._leases.get(kid)
-        if wanted is not None and known is not None and known[1] == wanted and self._keep_alive(known[0]):
-            return True  # the lease of our own last write, alive: one round trip
+        replica = self._in_sync()
+        if (wanted is not None and known is not None and known[1] == wanted
+                and replica is not None and replica.get_by_id(kid) is not None and self._keep_alive(known[0])):
+            return True  # the lease of our own last write, alive, and its keys there: one round trip
         self._leases.pop(kid, None)
         for _ in common.retries(TXN_ATTEMPTS):
             entry = self._index(kid)
             if entry is None:
                 return False
-            if wanted is not None and entry.lease and entry.ttl == wanted:
+            # A lease outlives keys deleted behind our back (etcdctl del, another tool): keeping it
+            # alive would keep nothing findable. With the kite's key gone, both keys are written again.
+            intact = self._path_stored(entry.record)
+            if intact and wanted is not None and entry.lease and entry.ttl == wanted:
                 if self._keep_alive(entry.lease):
                     self._leases[kid] = (entry.lease, wanted)
                     return True
                 return False
-            if wanted is None and not entry.lease:
+            if intact and wanted is None and not entry.lease:
                 return True
             lease = self._grant(ttl) if ttl is not None else 0
             try:
@@ -282,6 +295,15 @@ class EtcdStorage(common.EtcdStorageBase):
             self._revoke_quietly(lease)
         raise common.contended(f"kite {kid}")
 
+    def _path_stored(self, record: KiteRecord) -> bool:
+        """Whether the kite's path key (what queries find) is in etcd: the replica's word while it is
+        in sync, else etcd's."""
+        replica = self._in_sync()
+        if replica is not None:
+            found = replica.get_by_id(record.kite.id)
+            return found is not None and found.kite == record.kite
+        return self._get_kv(self._path_key(record.kite)) is not None
+
     def _remember_lease(self, kid: str, lease: int, ttl: int | None) -> None:
         """Note the lease of our own write of kite ``kid``, so its refresh is one keep-alive."""
         if lease and ttl is not None:
@@ -294,7 +316,12 @@ class EtcdStorage(common.EtcdStorageBase):
         r = entry.record
         ops = [wire.put(self._path_key(r.kite), common.kite_value(r.url, r.key_id), lease)]
         ops.append(wire.put(self._ids + r.kite.id, self._index_value(r, ttl), lease))
-        return bool(self._txn([wire.unchanged(self._ids + r.kite.id, entry.mod_revision)], ops).get("succeeded"))
+        result = self._txn([wire.unchanged(self._ids + r.kite.id, entry.mod_revision)], ops)
+        if not result.get("succeeded"):
+            return False
+        if self.replica is not None:
+            self.replica.wrote(r, _revision_of(result))  # the key may have been missing: findable at once
+        return True
 
     def delete(self, kite: KiteRef) -> bool:
         kid = kite_id(kite)
@@ -357,13 +384,19 @@ class EtcdStorage(common.EtcdStorageBase):
     # -- watches ------------------------------------------------------------------------
 
     def _follow(self, start: int) -> Iterator[tuple[int, list[KiteEvent]]]:
-        return wire.follow_watch(
-            common.bounded_session(1, **self._tls, keepalive=True),
-            self._watch_url,
-            self._kites,
-            start,
-            (self._timeout, common.WATCH_READ_TIMEOUT),
-        )
+        """The watch stream from revision ``start``, on one member; when it breaks or ends, the next
+        stream opens on the next member (the one it was on may be down)."""
+        url = self._watch_urls[self._watch_member % len(self._watch_urls)]
+        try:
+            yield from wire.follow_watch(
+                common.bounded_session(1, **self._tls, keepalive=True),
+                url,
+                self._kites,
+                start,
+                (self._timeout, common.WATCH_READ_TIMEOUT),
+            )
+        finally:
+            self._watch_member += 1
 
     # -- key pairs ----------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 WATCH_POLL_TIMEOUT = 60.0
 #: Compare-and-swap retries under contention (several Kontrols on one key pair).
 CAS_ATTEMPTS = 10
+#: HTTP statuses of a member that cannot serve now (no leader, a raft timeout, shutting down): a
+#: request to another member may succeed.
+UNAVAILABLE_STATUSES = (500, 502, 503, 504)
 
 _WRITE_ACTIONS = {"set", "create", "update", "compareAndSwap"}
 _REMOVE_ACTIONS = {"delete", "expire", "compareAndDelete"}
@@ -99,7 +102,8 @@ class Etcd2Storage(common.EtcdStorageBase):
 
     ``prefix`` namespaces the tree (empty: Go's ``/kites``); ``timeout`` bounds each
     request; ``pool_size`` bounds the connections to etcd (plus one for the watch
-    long-poll while anything watches).
+    long-poll while anything watches); ``failover``: the ``(host, port)`` of the cluster's other
+    members, which requests and the watch move on to when the member they use fails.
     """
 
     _feed_name = "etcd2"
@@ -113,10 +117,12 @@ class Etcd2Storage(common.EtcdStorageBase):
         protocol: str = "http",
         timeout: float = common.DEFAULT_TIMEOUT,
         pool_size: int = common.DEFAULT_POOL_SIZE,
+        failover: Sequence[tuple[str, int]] = (),
     ) -> None:
-        super().__init__(host, port, protocol, timeout, pool_size)
-        self._client = Etcd2Http(host, port, protocol, timeout=timeout, pool_size=pool_size)
-        self._watch_client = Etcd2Http(host, port, protocol, timeout=timeout, pool_size=1)
+        super().__init__(host, port, protocol, timeout, pool_size, failover)
+        members = {"failover": failover, "unavailable_statuses": UNAVAILABLE_STATUSES}
+        self._client = Etcd2Http(host, port, protocol, timeout=timeout, pool_size=pool_size, **members)
+        self._watch_client = Etcd2Http(host, port, protocol, timeout=timeout, pool_size=1, **members)
         root = prefix.rstrip("/")
         self._kites = f"{root}/kites"
         self._keys = f"{root}/kontrol/keys"

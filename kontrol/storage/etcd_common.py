@@ -12,7 +12,7 @@ import json
 import logging
 import random
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import gevent
@@ -139,8 +139,10 @@ class EtcdStorageBase(Storage):
     _feed_name = "etcd"
     _kites: str
 
-    def __init__(self, host: str, port: int, protocol: str, timeout: float, pool_size: int) -> None:
-        self._where = f"{protocol}://{host}:{port}"
+    def __init__(self, host: str, port: int, protocol: str, timeout: float, pool_size: int,
+                 failover: Sequence[tuple[str, int]] = ()) -> None:
+        members = [f"{host}:{port}", *(f"{h}:{p}" for h, p in failover if (h, p) != (host, port))]
+        self._where = f"{protocol}://{','.join(members)}"
         self._timeout = timeout
         self._pool_size = pool_size
         self._hub = WatchHub(on_empty=self._stop_pump)

@@ -1,4 +1,4 @@
-"""A bounded pool of keep-alive HTTP/1.1 connections to one server.
+"""A bounded pool of keep-alive HTTP/1.1 connections to a server (or the members of a cluster).
 
 Both etcd clients sit on it: :mod:`kontrol.storage.etcdhttp` (v3 gateway, JSON ``POST``) and
 :mod:`kontrol.storage.etcd2http` (v2 keys API). The connections are
@@ -10,6 +10,13 @@ Discipline: at most ``pool_size`` connections; a caller waits for a free one ins
 opening more (the Go Kontrol's unbounded pool lost kites). A request that fails on a reused
 connection before any answer (the server closed it while idle, or restarted) is retried once
 on a fresh one. Any other failure closes the connection it happened on.
+
+Failover: a pool may know several members of one cluster (``failover``: the members besides
+``host:port``). Requests go to one member at a time. A request that cannot connect to it
+(nothing was sent) moves on to the next member at once, each member tried once per request;
+a request that fails after it was sent (a timeout, a reset, or an answer with one of the
+``unavailable_statuses``, e.g. etcd's 503 "no leader") is not sent again (it may have been
+applied), but the pool moves on to the next member for the requests that follow.
 """
 
 from __future__ import annotations
@@ -17,12 +24,12 @@ from __future__ import annotations
 import http.client
 import logging
 import ssl
+from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
 from gevent.lock import BoundedSemaphore
 
-from .http11 import BodyTimeout as BodyTimeout  # re-exported: the etcd clients catch it
-from .http11 import Connection, Headers
+from .http11 import BodyTimeout, Connection, Headers
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,16 @@ log = logging.getLogger(__name__)
 STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 #: No extra request headers.
 NO_HEADERS: dict[str, str] = {}
+#: ``(host, port)`` of one server (one member of a cluster).
+Endpoint = tuple[str, int]
+
+
+class _NotSent(Exception):
+    """Connecting to a member failed: the request was never sent (safe to send to another member)."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class Reply(NamedTuple):
@@ -49,18 +66,25 @@ def tls_context(ca_cert: str | None = None, cert: tuple[str, str] | None = None)
 
 
 class HttpPool:
-    """Requests to one ``host:port`` over at most ``pool_size`` keep-alive connections.
+    """Requests to ``host:port`` (or, failing over, the ``failover`` members) over at most ``pool_size``
+    keep-alive connections.
 
     ``timeout`` (seconds) bounds connecting and each read; a request may ask for another read
     timeout (a long poll). Raises ``TimeoutError`` (:class:`BodyTimeout` once the headers
     arrived) when the server does not answer in time, and another ``OSError`` or
-    ``http.client.HTTPException`` when it cannot be reached or answers garbage.
+    ``http.client.HTTPException`` when it cannot be reached or answers garbage. With several
+    members, see the module docstring for when a request moves to the next one.
     """
 
     def __init__(self, host: str, port: int, protocol: str = "http", *, timeout: float = 5.0, pool_size: int = 10,
-                 ssl_context: ssl.SSLContext | None = None):
-        self.host, self.port = host, port
+                 ssl_context: ssl.SSLContext | None = None, failover: Sequence[Endpoint] = (),
+                 unavailable_statuses: Collection[int] = ()):
+        #: Every member, the one requests go to first.
+        self.endpoints: list[Endpoint] = [(host, port)]
+        self.endpoints += [(h, p) for h, p in failover if (h, p) not in self.endpoints]
+        self._member = 0
         self.timeout = timeout
+        self._unavailable = frozenset(unavailable_statuses)
         self._tls = ssl_context if protocol == "https" else None
         if protocol == "https" and self._tls is None:
             self._tls = tls_context()
@@ -68,8 +92,54 @@ class HttpPool:
         self._slots = BoundedSemaphore(pool_size)
         self._closed = False
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """The member requests go to now."""
+        return self.endpoints[self._member]
+
+    @property
+    def host(self) -> str:
+        return self.endpoint[0]
+
+    @property
+    def port(self) -> int:
+        return self.endpoint[1]
+
+    def fail_over(self, failed: Endpoint, cause: object) -> None:
+        """``failed`` did not serve a request: send the next ones to the next member (if it is still the
+        current one: concurrent failures of one member move on once)."""
+        if len(self.endpoints) < 2 or self.endpoint != failed:
+            return
+        self._member = (self._member + 1) % len(self.endpoints)
+        log.warning("%s:%s failed (%s); failing over to %s:%s", *failed, cause, *self.endpoint)
+        kept = [conn for conn in self._idle if (conn.host, conn.port) != failed]
+        for conn in self._idle:
+            if (conn.host, conn.port) == failed:
+                conn.close()
+        self._idle[:] = kept
+
     def _connect(self) -> Connection:
-        return Connection(self.host, self.port, self.timeout, self._tls)
+        host, port = self.endpoint
+        return Connection(host, port, self.timeout, self._tls)
+
+    def _fresh(self) -> Connection:
+        """A new connection to the current member, connected; :class:`_NotSent` when connecting fails."""
+        conn = self._connect()
+        try:
+            conn.connect()
+        except OSError as e:
+            conn.close()
+            raise _NotSent(e) from e
+        return conn
+
+    def _idle_connection(self) -> Connection | None:
+        """A kept-alive connection to the current member, if there is one."""
+        while self._idle:
+            conn = self._idle.pop()
+            if (conn.host, conn.port) == self.endpoint:
+                return conn
+            conn.close()  # to a member we failed over from
+        return None
 
     def request(self, method: str, target: str, body: bytes | None = None, headers: dict[str, str] = NO_HEADERS,
                 *, timeout: float | None = None) -> Reply:
@@ -78,28 +148,52 @@ class HttpPool:
         ``timeout``: the read timeout of this request (connecting still takes at most the pool's).
         """
         with self._slots:
-            reused = bool(self._idle)
-            conn = self._idle.pop() if reused else self._connect()
+            for attempt in range(len(self.endpoints)):
+                endpoint = self.endpoint
+                try:
+                    reply = self._request_once(method, target, body, headers, timeout)
+                except _NotSent as e:
+                    self.fail_over(endpoint, repr(e.cause))
+                    if attempt == len(self.endpoints) - 1:
+                        raise e.cause from None
+                    continue
+                except BodyTimeout:
+                    raise  # the member answered (a long poll that saw nothing): it is alive
+                except (OSError, http.client.HTTPException) as e:
+                    self.fail_over(endpoint, repr(e))
+                    raise
+                if reply.status in self._unavailable:
+                    self.fail_over(endpoint, f"HTTP {reply.status}")
+                return reply
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _request_once(self, method: str, target: str, body: bytes | None, headers: dict[str, str],
+                      timeout: float | None) -> Reply:
+        """One request to the current member (:class:`_NotSent` when it cannot be reached)."""
+        conn = self._idle_connection()
+        reused = conn is not None
+        if conn is None:
+            conn = self._fresh()
+        try:
+            reply = self._exchange(conn, method, target, body, headers, timeout)
+        except STALE as e:
+            conn.close()
+            if not reused:
+                raise
+            log.debug("%s:%s closed an idle connection (%r); retrying on a new one", conn.host, conn.port, e)
+            conn = self._fresh()
             try:
                 reply = self._exchange(conn, method, target, body, headers, timeout)
-            except STALE as e:
-                conn.close()
-                if not reused:
-                    raise
-                log.debug("%s:%s closed an idle connection (%r); retrying on a new one", self.host, self.port, e)
-                conn = self._connect()
-                try:
-                    reply = self._exchange(conn, method, target, body, headers, timeout)
-                except BaseException:
-                    conn.close()
-                    raise
             except BaseException:
                 conn.close()
                 raise
-            if self._closed or conn.sock is None:
-                conn.close()
-            else:
-                self._idle.append(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if self._closed or conn.sock is None or (conn.host, conn.port) != self.endpoint:
+            conn.close()
+        else:
+            self._idle.append(conn)
         return reply
 
     def _exchange(self, conn: Connection, method: str, target: str, body: bytes | None,
