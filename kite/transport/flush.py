@@ -16,6 +16,8 @@ import gevent
 
 from kite.wire.sockjs import batches
 
+from .session import SendBacklogExceeded
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -32,6 +34,9 @@ class HubFlush:
     """
 
     _pending: list[str]
+    #: Characters in :attr:`_pending` (kept by whoever changes it).
+    _pending_chars: int
+    max_backlog: int
     _closed: bool
     _wakeup: Event
     _ws: WebSocket
@@ -44,12 +49,13 @@ class HubFlush:
         self._writer_idle = False  # parked with nothing to write: the hub may write directly
         self._flush_scheduled = False
         self._tail = b""
+        self._pending_chars = 0
         self._loop = gevent.get_hub().loop
         self._ws.before_read = self._flush_before_read
 
     def backlog(self) -> int:
         """Characters queued and not yet written: messages, and bytes a direct write left over."""
-        return sum(map(len, self._pending)) + len(self._tail)
+        return self._pending_chars + len(self._tail)
 
     def _frame(self, messages: list[str]) -> bytes:
         """The bytes that carry ``messages``: SockJS frames of at most :data:`~kite.wire.sockjs.BATCH_LIMIT`
@@ -57,6 +63,17 @@ class HubFlush:
         if self._sockjs:
             return b"".join(self._ws.text_frame(self._sockjs_payload(batch)) for batch in batches(messages))
         return b"".join(map(self._ws.text_frame, messages))
+
+    def _take_pending(self) -> list[str]:
+        """In the writer: everything queued, the queue emptied."""
+        messages, self._pending = self._pending, []
+        self._pending_chars = 0
+        return messages
+
+    def _overflow(self) -> None:
+        """The queue is over :attr:`max_backlog`: the peer is not reading. Close the session and drop
+        the connection at once (a closing handshake would queue behind what it never read)."""
+        raise NotImplementedError
 
     def _send_tail(self) -> bool:
         """In the writer: send what a direct write left over; ``False`` if there was nothing."""
@@ -67,7 +84,11 @@ class HubFlush:
         return True
 
     def _queue(self, message: str) -> None:
+        if self._pending_chars + len(message) + len(self._tail) > self.max_backlog:
+            self._overflow()
+            raise SendBacklogExceeded(f"session to {self._ws.remote_addr}: {self.max_backlog} characters queued")
         self._pending.append(message)
+        self._pending_chars += len(message)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.run_callback(self._flush)
@@ -91,9 +112,11 @@ class HubFlush:
             self._wakeup.set()  # the writer has something to send first, or is busy: it takes these too
             return
         messages, self._pending = self._pending, []
+        chars, self._pending_chars = self._pending_chars, 0
         tail = self._ws.send_nowait(self._frame(messages))
         if tail is None:  # could not write now: the writer will
             self._pending[:0] = messages
+            self._pending_chars += chars
             self._wakeup.set()
         elif tail:
             self._tail = tail

@@ -13,9 +13,26 @@ from __future__ import annotations
 
 import abc
 
+#: Default cap on what a session may hold queued for its peer, in characters: eight of the
+#: largest messages a peer may send us (16 MiB, :data:`kite.transport.websocket.MAX_MESSAGE_SIZE`),
+#: so a burst of big replies to a slow reader fits (64 answers of 1 MiB through a proxy that
+#: back-pressures, tests/proxy/test_load.py), while a peer that has stopped reading (hung, or
+#: flooding us with calls it never reads the answers of) cannot grow it without bound. A peer
+#: that stopped altogether is dropped sooner, by the dead-peer timeout.
+MAX_SEND_BACKLOG = 128 * 1024 * 1024
+#: Close code and reason of a session whose send queue went over its cap (an application
+#: code, in the SockJS/WebSocket range 4000-4999 left to applications).
+BACKLOG_CLOSE_CODE = 4009
+BACKLOG_CLOSE_REASON = "send queue over its limit: the peer is not reading"
+
 
 class SessionClosed(Exception):
     """Raised by :meth:`Session.send` once the session is closed."""
+
+
+class SendBacklogExceeded(SessionClosed):
+    """Raised by :meth:`Session.send` when the message would take the queue over
+    :attr:`Session.max_backlog`; the session has been closed."""
 
 
 class Session(abc.ABC):
@@ -29,6 +46,9 @@ class Session(abc.ABC):
     remote_addr: str = ""
     #: The query string of the request that opened the session (served sessions; ``""`` otherwise).
     query: str = ""
+    #: Characters :meth:`send` may hold queued before the session is closed with
+    #: :data:`BACKLOG_CLOSE_CODE` (:class:`SendBacklogExceeded`): memory per peer stays bounded.
+    max_backlog: int = MAX_SEND_BACKLOG
 
     @abc.abstractmethod
     def send(self, message: str) -> None:
@@ -36,7 +56,8 @@ class Session(abc.ABC):
 
         Must not block for long. Messages queued within one turn of the event
         loop may be coalesced into a single transport frame. Raises
-        :class:`SessionClosed` when the session is closed.
+        :class:`SessionClosed` when the session is closed, and closes it (raising
+        :class:`SendBacklogExceeded`) when the queue would exceed :attr:`max_backlog`.
         """
 
     @abc.abstractmethod

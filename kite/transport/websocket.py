@@ -56,6 +56,12 @@ IDLE_READ_SIZE = 4 * 1024
 #: Seconds we wait for the peer's close reply (or for a busy reader to see it)
 #: before dropping the TCP connection. A live peer answers within one RTT.
 CLOSE_TIMEOUT = 2.0
+#: Watchdog ticks per dead-peer timeout (:meth:`WebSocket.watch_liveness`): after each silent
+#: tick the peer is pinged (a live idle peer answers within the next tick); after this many
+#: silent ticks in a row it is declared dead.
+WATCHDOG_TICKS = 3
+#: Event kind queued after the events a :class:`FrameError` carried: fail the connection there.
+_FAIL = "fail"
 
 
 __all__ = [
@@ -130,6 +136,8 @@ class WebSocket:
         self._failed = False  # we failed the connection; incoming bytes are garbage
         self._closer: gevent.Greenlet[[], None] | None = None
         self._torn_down = Event()
+        self._reads = 0  # socket reads that brought data: what the watchdog looks at
+        self._watchdog: Any = None
         #: Called (if set) before each socket read, once everything buffered has been handled:
         #: where a session writes what its reader queued in reply to the input just consumed.
         self.before_read: Callable[[], None] | None = None
@@ -278,6 +286,43 @@ class WebSocket:
         """Drop the TCP connection now, without (further) closing handshake."""
         self._teardown()
 
+    # -- liveness -------------------------------------------------------------------
+
+    def watch_liveness(self, timeout: float, on_silent: Callable[[], None]) -> None:
+        """Drop the connection once nothing at all (no frame, no pong) has come from the peer for
+        ``timeout`` seconds: a peer that stopped (SIGSTOP, a dead host, a cable pulled) sends no FIN.
+
+        A hub timer ticks every ``timeout / WATCHDOG_TICKS``; after a silent tick ``on_silent()`` is
+        called (in the hub: it must not block) for the owner to ping the peer from its writer. A
+        ``timeout`` of 0 or less watches nothing. Teardown wakes a reader and a blocked writer.
+        """
+        if timeout <= 0 or self._watchdog is not None or self._torn_down.is_set():
+            return
+        tick = timeout / WATCHDOG_TICKS
+        timer = gevent.get_hub().loop.timer(tick, tick)
+        self._watchdog = timer
+        reads_seen, silent_ticks = self._reads, 0
+
+        def check() -> None:
+            nonlocal reads_seen, silent_ticks
+            if self._torn_down.is_set():
+                timer.close()
+                return
+            if self._reads != reads_seen:
+                reads_seen, silent_ticks = self._reads, 0
+                return
+            silent_ticks += 1
+            if silent_ticks < WATCHDOG_TICKS:
+                on_silent()
+                return
+            log.info("WebSocket to %s: nothing received for %.1f s, dropping it", self.remote_addr or "?", timeout)
+            if self.close_code is None:
+                self.close_code, self.close_reason = CLOSE_ABNORMAL, f"peer silent for {timeout:g} s"
+            self._teardown()
+            timer.close()
+
+        timer.start(check)
+
     # -- receiving ------------------------------------------------------------------
 
     def recv_text(self) -> str | None:
@@ -332,6 +377,8 @@ class WebSocket:
             data = self._read(size)
         except (OSError, ValueError):  # reset, or the socket was torn down under us
             return b""
+        if data:
+            self._reads += 1
         # Full read: more is coming, ask for more next time; short: back to small parked reads.
         if len(data) == size:
             self._read_size = min(size * 4, READ_SIZE)
@@ -348,7 +395,10 @@ class WebSocket:
         try:
             self._events.extend(self._decoder.receive(data))
         except FrameError as exc:
-            self._fail(exc.code, exc.reason)
+            # What the peer said before breaking the protocol is still handled, in order (so
+            # the outcome does not depend on how TCP cut the bytes); then the connection fails.
+            self._events.extend(exc.events)
+            self._events.append((_FAIL, exc.code, exc.reason))
 
     def _on_event(self, event: FrameEvent) -> str | None:
         """Handle one frame event; a finished message is returned as text."""
@@ -363,7 +413,9 @@ class WebSocket:
             except UnicodeDecodeError:
                 self._fail(CLOSE_INVALID_DATA, "binary message is not valid UTF-8")
                 return None
-        if kind is wsframes.PING:
+        if kind is _FAIL:
+            self._fail(event[1], event[2])
+        elif kind is wsframes.PING:
             try:
                 self._send(encode_frame(wsframes.OP_PONG, event[1], self._client))
             except WebSocketClosed:
@@ -424,6 +476,8 @@ class WebSocket:
                     if event[0] is wsframes.CLOSE:
                         self._on_peer_close(event[1], event[2])
                         return
+                    if event[0] is _FAIL:  # the peer broke the protocol: no close reply to wait for
+                        return
                 self._events = []
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -438,8 +492,9 @@ class WebSocket:
             if not self._failed:
                 try:
                     self._events.extend(self._decoder.receive(data))
-                except FrameError:
-                    return
+                except FrameError as exc:
+                    self._events.extend(exc.events)  # a close before the violation still counts
+                    self._events.append((_FAIL, exc.code, exc.reason))
 
     def _teardown(self) -> None:
         """Release the TCP connection (idempotent). Wakes a greenlet blocked reading it."""
@@ -447,6 +502,8 @@ class WebSocket:
             return
         self._torn_down.set()
         self._read_done = True
+        if self._watchdog is not None:
+            self._watchdog.close()
         if self.close_code is None:
             self.close_code = CLOSE_ABNORMAL
         try:

@@ -38,11 +38,11 @@ import gevent
 from kite.transport import wsclient
 from kite.transport.session import Session
 
-from .dialsessions import DialError, DialTimeoutError, WebSocketClientSession, XhrClientSession
+from .dialsessions import DEAD_PEER_TIMEOUT, DialError, DialTimeoutError, WebSocketClientSession, XhrClientSession
 
 log = logging.getLogger("kite.sockjs")
 
-__all__ = ["DialError", "DialTimeoutError", "dial", "dial_sockjs_websocket", "tls_context"]
+__all__ = ["DEAD_PEER_TIMEOUT", "DialError", "DialTimeoutError", "dial", "dial_sockjs_websocket", "tls_context"]
 
 _TRANSPORTS = {
     "websocket": "websocket",
@@ -81,7 +81,12 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
 
 
 def _dial_websocket(
-    url: str, sockjs: bool, timeout: float | None, headers: dict[str, str], verify: bool | str = True
+    url: str,
+    sockjs: bool,
+    timeout: float | None,
+    headers: dict[str, str],
+    verify: bool | str = True,
+    dead_peer_timeout: float = DEAD_PEER_TIMEOUT,
 ) -> Session:
     if sockjs:
         ws_url, origin = _ws_urls(url)
@@ -92,16 +97,21 @@ def _dial_websocket(
     secure = urlsplit(ws_url).scheme.lower() == "wss"
     context = tls_context(verify) if secure and verify is not True else None
     ws = wsclient.connect(ws_url, headers=headers, timeout=timeout, ssl_context=context)
-    return WebSocketClientSession(ws, sockjs=sockjs)
+    return WebSocketClientSession(ws, sockjs=sockjs, dead_peer_timeout=dead_peer_timeout)
 
 
 def _dial_xhr(
-    url: str, streaming: bool, timeout: float | None, headers: dict[str, str], verify: bool | str = True
+    url: str,
+    streaming: bool,
+    timeout: float | None,
+    headers: dict[str, str],
+    verify: bool | str = True,
+    dead_peer_timeout: float = DEAD_PEER_TIMEOUT,
 ) -> Session:
     parts = urlsplit(url)
     session_path = f"{parts.path.rstrip('/')}/{random.randint(100, 999)}/{secrets.token_hex(10)}"
     session_url = urlunsplit((parts.scheme, parts.netloc, session_path, "", ""))
-    session = XhrClientSession(session_url, parts.query, streaming, timeout, headers, verify)
+    session = XhrClientSession(session_url, parts.query, streaming, timeout, headers, verify, dead_peer_timeout)
     try:
         with gevent.Timeout(timeout, TimeoutError(f"opening {session_url} timed out after {timeout} s")):
             session.open()
@@ -117,6 +127,7 @@ def dial(
     timeout: float | None = None,
     headers: Mapping[str, str] | None = None,
     verify: bool | str = True,
+    dead_peer_timeout: float = DEAD_PEER_TIMEOUT,
 ) -> Session:
     """Connect to the kite at ``url`` and return the open :class:`~kite.transport.session.Session`.
 
@@ -127,6 +138,8 @@ def dial(
     and the handshake. ``headers`` are added to the handshake / HTTP requests.
     ``verify`` checks ``https``/``wss`` certificates as ``requests`` does: ``True``
     against the system CAs, a path against that CA bundle, ``False`` not at all.
+    ``dead_peer_timeout``: seconds without anything from the server (message, heartbeat,
+    pong) after which the session ends as if the server had closed it; 0 never.
 
     Raises :class:`DialError` (a :class:`ConnectionError`;
     :class:`DialTimeoutError` on timeout) naming the URL.
@@ -139,20 +152,20 @@ def dial(
     scheme = urlsplit(url).scheme.lower()
     with _dial_errors(url, transport):
         if scheme in ("ws", "wss"):
-            return _dial_websocket(url, False, timeout, extra, verify)
+            return _dial_websocket(url, False, timeout, extra, verify, dead_peer_timeout)
         if scheme not in ("http", "https"):
             raise DialError(f"invalid scheme in url {url!r}", url)
         if kind == "websocket":
-            return _dial_websocket(url, True, timeout, extra, verify)
+            return _dial_websocket(url, True, timeout, extra, verify, dead_peer_timeout)
         if kind == "auto":
             try:
-                return _dial_websocket(url, True, timeout, extra, verify)
+                return _dial_websocket(url, True, timeout, extra, verify, dead_peer_timeout)
             except wsclient.HandshakeError as exc:
                 if exc.status_code is None or exc.status_code == 101:
                     raise
                 log.info("WebSocket to %s refused (HTTP %s); falling back to XHR polling", url, exc.status_code)
             kind = "xhr_polling"
-        return _dial_xhr(url, kind == "xhr_streaming", timeout, extra, verify)
+        return _dial_xhr(url, kind == "xhr_streaming", timeout, extra, verify, dead_peer_timeout)
 
 
 def dial_sockjs_websocket(ws_url: str, timeout: float | None = None, verify: bool | str = True) -> Session:

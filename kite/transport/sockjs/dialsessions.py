@@ -22,15 +22,20 @@ from gevent.queue import Queue
 from kite.errors import RemoteProtocolError
 from kite.transport import websocket
 from kite.transport.flush import HubFlush
-from kite.transport.session import Session, SessionClosed
-from kite.wire.sockjs import KIND_CLOSE, KIND_MESSAGES, batches, decode_server_frame, encode_client_payload
+from kite.transport.session import BACKLOG_CLOSE_CODE, BACKLOG_CLOSE_REASON, SendBacklogExceeded, Session, SessionClosed
+from kite.wire.sockjs import KIND_CLOSE, KIND_MESSAGES, KIND_OPEN, batches, decode_server_frame, encode_client_payload
 
 log = logging.getLogger("kite.sockjs")
 
-#: Read timeout of one XHR poll or streaming read, in seconds: well above the
-#: server's heartbeat (10 s for Go kites, 25 s for sockjs-node), so an idle but
-#: healthy session never times out; a timed-out poll is simply retried.
-XHR_READ_TIMEOUT = 30.0
+#: Seconds a dialed session may go without receiving anything from the server (a message, a
+#: SockJS heartbeat, a pong) before it is declared dead and closed: well above the server's
+#: heartbeat (10 s for Go kites, 25 s for sockjs-node), so an idle but healthy session never
+#: times out. It is the read timeout of every XHR poll, stream read and send; WebSocket
+#: sessions ping a silent server after a third of it.
+DEAD_PEER_TIMEOUT = 30.0
+#: Close code and reason a dialed XHR session ends with when the server has forgotten it
+#: (sockjs-client's 1006 "Server lost session" for a second ``o``).
+SESSION_LOST = (1006, "Server lost session")
 #: Connections kept per host by the shared requests session: each XHR session
 #: holds one for its poll and briefly one for a send.
 XHR_POOL_SIZE = 64
@@ -77,10 +82,12 @@ class ClientSession(Session):
         self.close_code: int | None = None
         self.close_reason = ""
         self._pending: list[str] = []
+        self._pending_chars = 0  # characters in _pending
         self._wakeup = Event()
         self._closed = False
         self._closed_locally = False  # by close(): recv drops what is still queued
         self._writer_idle = False  # parked in the writer loop
+        self._ping_due = False  # the liveness watchdog asks the writer to ping
         self._writer = gevent.spawn(self._write_loop)
 
     def send(self, message: str) -> None:
@@ -88,7 +95,11 @@ class ClientSession(Session):
             raise SessionClosed(f"session to {self.remote_addr} is closed")
         if not isinstance(message, str):
             raise TypeError(f"message must be str, not {type(message).__name__}")
+        if self._pending_chars + len(message) > self.max_backlog:
+            self._overflow()
+            raise SendBacklogExceeded(f"session to {self.remote_addr}: {self.max_backlog} characters queued")
         self._pending.append(message)
+        self._pending_chars += len(message)
         if len(self._pending) == 1:
             self._wakeup.set()  # the writer runs on a later loop turn: later sends join this payload
 
@@ -110,7 +121,23 @@ class ClientSession(Session):
         return self._closed
 
     def backlog(self) -> int:
-        return sum(map(len, self._pending))
+        return self._pending_chars
+
+    def _take_pending(self) -> list[str]:
+        """In the writer: everything queued, the queue emptied."""
+        messages, self._pending = self._pending, []
+        self._pending_chars = 0
+        return messages
+
+    def _overflow(self) -> None:
+        """The send queue is over its cap: the server is not reading. End the session now, dropping
+        what is queued (waiting for it to flush, as :meth:`close` does, would wait on that server)."""
+        log.warning("closing session to %s: %s (%d characters)", self.remote_addr, BACKLOG_CLOSE_REASON,
+                    self._pending_chars)
+        self.close_code, self.close_reason = BACKLOG_CLOSE_CODE, BACKLOG_CLOSE_REASON
+        self._take_pending()
+        self._abort_transport()
+        self._ended()
 
     def _write_loop(self) -> None:
         try:
@@ -118,11 +145,14 @@ class ClientSession(Session):
                 if self._send_tail():
                     continue
                 if self._pending:
-                    messages, self._pending = self._pending, []
-                    self._write(messages)
+                    self._write(self._take_pending())
                     continue
                 if self._closed:
                     break
+                if self._ping_due:
+                    self._ping_due = False
+                    self._ping()
+                    continue
                 self._wakeup.clear()
                 self._writer_idle = True
                 self._wakeup.wait()
@@ -142,6 +172,12 @@ class ClientSession(Session):
     def _write(self, messages: list[str]) -> None:
         raise NotImplementedError
 
+    def _ping(self) -> None:
+        """Hook for the writer: ping the server (the liveness watchdog found it silent)."""
+
+    def _abort_transport(self) -> None:
+        """Hook: drop the transport at once, waking a writer blocked on it."""
+
     def _send_tail(self) -> bool:
         """Hook for the writer: send bytes a direct write left over (none here)."""
         return False
@@ -158,13 +194,25 @@ class WebSocketClientSession(HubFlush, ClientSession):
 
     _sockjs_payload = staticmethod(encode_client_payload)
 
-    def __init__(self, ws: websocket.WebSocket, sockjs: bool):
+    def __init__(self, ws: websocket.WebSocket, sockjs: bool, dead_peer_timeout: float = DEAD_PEER_TIMEOUT):
         self._ws = ws
         self._sockjs = sockjs
         self._inbox: deque[str] = deque()
         self._recv_done = False
         self._init_flush()
         super().__init__(ws.remote_addr)
+        ws.watch_liveness(dead_peer_timeout, self._ping_wanted)
+
+    def _ping_wanted(self) -> None:
+        """In the hub, from the liveness watchdog: the server has been silent; the writer pings it."""
+        self._ping_due = True
+        self._wakeup.set()
+
+    def _ping(self) -> None:
+        self._ws.ping()
+
+    def _abort_transport(self) -> None:
+        self._ws.abort()
 
     def send(self, message: str) -> None:
         if self._closed:
@@ -224,8 +272,11 @@ class XhrClientSession(ClientSession):
         timeout: float | None,
         headers: dict[str, str],
         verify: bool | str = True,
+        dead_peer_timeout: float = DEAD_PEER_TIMEOUT,
     ):
         self._session_url = session_url
+        #: Read timeout of every request: a server that sends not even a heartbeat for this long is gone.
+        self._read_timeout = dead_peer_timeout if dead_peer_timeout > 0 else None
         self._verify = verify
         self._query = f"?{query}" if query else ""
         self._streaming = streaming
@@ -253,7 +304,7 @@ class XhrClientSession(ClientSession):
     def open(self) -> None:
         """Make the first receive request and expect ``o``; raises on failure."""
         endpoint = "xhr_streaming" if self._streaming else "xhr"
-        response = self._post(endpoint, stream=self._streaming, read_timeout=self._timeout or XHR_READ_TIMEOUT)
+        response = self._post(endpoint, stream=self._streaming, read_timeout=self._timeout or self._read_timeout)
         if response.status_code != 200:
             response.close()
             raise DialError(
@@ -317,24 +368,24 @@ class XhrClientSession(ClientSession):
             self._ended()
 
     def _next_frames(self) -> tuple[Iterable[str], Any]:
-        """Open the next receive request; a timed-out poll is retried."""
-        import requests
-
+        """Open the next receive request. A poll that times out (not even a heartbeat came within the
+        read timeout) raises: the server is stopped or gone, and the session ends."""
         endpoint = "xhr_streaming" if self._streaming else "xhr"
-        while True:
-            try:
-                response = self._post(endpoint, stream=self._streaming, read_timeout=XHR_READ_TIMEOUT)
-            except requests.Timeout:
-                continue
-            if response.status_code != 200:
-                response.close()
-                raise ConnectionError(f"{self._url(endpoint)}: HTTP {response.status_code}")
-            if self._streaming:
-                return self._frames(response), response
-            return [response.text], None
+        response = self._post(endpoint, stream=self._streaming, read_timeout=self._read_timeout)
+        if response.status_code != 200:
+            response.close()
+            raise ConnectionError(f"{self._url(endpoint)}: HTTP {response.status_code}")
+        if self._streaming:
+            return self._frames(response), response
+        return [response.text], None
 
     def _handle_frame(self, frame: str) -> bool:
-        """Queue a frame's messages; True when the session is over."""
+        """Queue a frame's messages; True when the session is over.
+
+        An ``o`` after the first means the server has forgotten our session (it reaped it while
+        we could not poll) and opened a new one under its id: what we sent and awaited is lost,
+        so the session is over, as sockjs-client treats it.
+        """
         kind, payload = decode_server_frame(frame)
         if kind == KIND_MESSAGES:
             for message in payload:
@@ -342,13 +393,17 @@ class XhrClientSession(ClientSession):
         elif kind == KIND_CLOSE:
             self.close_code, self.close_reason = payload
             return True
+        elif kind == KIND_OPEN:
+            log.info("%s: the server opened our session again (it had dropped it); ending it", self._session_url)
+            self.close_code, self.close_reason = SESSION_LOST
+            return True
         return False
 
     # -- sending ----------------------------------------------------------------------------
 
     def _write(self, messages: list[str]) -> None:
         for batch in batches(messages):  # each body under the server's size limit
-            response = self._post("xhr_send", encode_client_payload(batch), read_timeout=XHR_READ_TIMEOUT)
+            response = self._post("xhr_send", encode_client_payload(batch), read_timeout=self._read_timeout)
             response.close()
             if response.status_code == 404:
                 raise ConnectionError("XHR session does not exist")

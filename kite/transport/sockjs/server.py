@@ -29,7 +29,7 @@ import gevent
 
 from kite.errors import RemoteProtocolError
 from kite.transport import websocket
-from kite.transport.session import Session
+from kite.transport.session import MAX_SEND_BACKLOG, Session
 from kite.wire.sockjs import GO_AWAY, decode_client_payload
 
 from .sessions import WebSocketSession, XhrSession
@@ -43,6 +43,9 @@ log = logging.getLogger("kite.sockjs")
 HEARTBEAT_INTERVAL = 10.0
 #: How long a polling session lives with no poll attached (sockjs-go 2016 default).
 DISCONNECT_DELAY = 5.0
+#: Heartbeat intervals a WebSocket peer may stay silent (not even a pong to our pings) before
+#: its session is dropped as dead: a stopped or vanished peer sends no FIN.
+DEAD_PEER_HEARTBEATS = 3
 #: Bytes of frames per xhr_streaming response before we end it and the client
 #: reconnects, so browsers do not hoard one endless response (sockjs-go default).
 STREAMING_LIMIT = 128 * 1024
@@ -119,7 +122,11 @@ class SockJSServer:
     ``heartbeat_interval``: seconds between ``h`` frames; ``disconnect_delay``:
     seconds a polling session survives with no poll attached;
     ``streaming_limit``: bytes per xhr_streaming response; ``max_message_size``:
-    largest WebSocket message and ``xhr_send`` body accepted.
+    largest WebSocket message and ``xhr_send`` body accepted; ``dead_peer_timeout``: seconds
+    a WebSocket peer may send nothing, not even a pong to the pings we send it when it is
+    silent, before its session is dropped (default :data:`DEAD_PEER_HEARTBEATS` heartbeats;
+    0: never); ``max_send_backlog``: characters a session may hold queued for a peer that
+    does not read before it is closed.
     """
 
     def __init__(
@@ -130,6 +137,8 @@ class SockJSServer:
         disconnect_delay: float = DISCONNECT_DELAY,
         streaming_limit: int = STREAMING_LIMIT,
         max_message_size: int = websocket.MAX_MESSAGE_SIZE,
+        dead_peer_timeout: float | None = None,
+        max_send_backlog: int = MAX_SEND_BACKLOG,
     ):
         self.prefix = prefix.rstrip("/")
         self.on_session = on_session
@@ -137,6 +146,10 @@ class SockJSServer:
         self.disconnect_delay = disconnect_delay
         self.streaming_limit = streaming_limit
         self.max_message_size = max_message_size
+        self.dead_peer_timeout = (
+            DEAD_PEER_HEARTBEATS * heartbeat_interval if dead_peer_timeout is None else dead_peer_timeout
+        )
+        self.max_send_backlog = max_send_backlog
         self._sessions: dict[str, XhrSession] = {}  # XHR sessions by id
         self._websocket_sessions: set[WebSocketSession] = set()
 
@@ -234,8 +247,13 @@ class SockJSServer:
         if ws is None:
             return self._error(start_response, "400 Bad Request", 'Can "Upgrade" only to "WebSocket".')
         session = WebSocketSession(
-            ws, sockjs=sockjs, heartbeat_interval=self.heartbeat_interval, session_id=session_id
+            ws,
+            sockjs=sockjs,
+            heartbeat_interval=self.heartbeat_interval,
+            session_id=session_id,
+            dead_peer_timeout=self.dead_peer_timeout,
         )
+        session.max_backlog = self.max_send_backlog
         session.query = environ.get("QUERY_STRING", "")
         self._websocket_sessions.add(session)
         try:
@@ -252,6 +270,7 @@ class SockJSServer:
         session = self._sessions.get(session_id)
         if session is None:
             session = XhrSession(self, session_id, _remote_addr(environ))
+            session.max_backlog = self.max_send_backlog
             session.query = environ.get("QUERY_STRING", "")
             self._sessions[session_id] = session
             gevent.spawn(self._run_session, session)

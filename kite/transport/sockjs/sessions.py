@@ -23,7 +23,7 @@ from gevent.queue import Queue
 from kite.errors import RemoteProtocolError
 from kite.transport import websocket
 from kite.transport.flush import HubFlush
-from kite.transport.session import Session, SessionClosed
+from kite.transport.session import BACKLOG_CLOSE_CODE, BACKLOG_CLOSE_REASON, SendBacklogExceeded, Session, SessionClosed
 from kite.wire.sockjs import (
     ANOTHER_CONNECTION,
     GO_AWAY,
@@ -51,6 +51,7 @@ class ServerSession(Session):
         self.close_code: int | None = None
         self.close_reason = ""
         self._pending: list[str] = []
+        self._pending_chars = 0  # characters in _pending
         self._wakeup = Event()  # set when there is something for the writer/receiver
         self._closed = False
         self._close_frame: str | None = None
@@ -60,7 +61,11 @@ class ServerSession(Session):
             raise SessionClosed(f"session {self.id} to {self.remote_addr} is closed")
         if not isinstance(message, str):
             raise TypeError(f"message must be str, not {type(message).__name__}")
+        if self._pending_chars + len(message) > self.max_backlog:
+            self._overflow()
+            raise SendBacklogExceeded(f"session {self.id} to {self.remote_addr}: {self.max_backlog} characters queued")
         self._pending.append(message)
+        self._pending_chars += len(message)
         if len(self._pending) == 1:
             self._wakeup.set()  # the waiter runs on a later loop turn: later sends join this frame
 
@@ -76,12 +81,19 @@ class ServerSession(Session):
     def _on_close(self) -> None:
         """Subclass hook, called once when the session closes."""
 
+    def _overflow(self) -> None:
+        """The send queue is over its cap: the peer is not reading. Close with :data:`BACKLOG_CLOSE_CODE`."""
+        log.warning("closing session %s to %s: %s (%d characters)", self.id, self.remote_addr,
+                    BACKLOG_CLOSE_REASON, self._pending_chars)
+        self._pending, self._pending_chars = [], 0
+        self.close(BACKLOG_CLOSE_CODE, BACKLOG_CLOSE_REASON)
+
     @property
     def closed(self) -> bool:
         return self._closed
 
     def backlog(self) -> int:
-        return sum(map(len, self._pending))
+        return self._pending_chars
 
     def _take_frame(self) -> str | None:
         """An ``a[...]`` frame of the queued messages (at most a batch of them), or ``None``."""
@@ -89,6 +101,7 @@ class ServerSession(Session):
             return None
         n = first_batch(self._pending)
         messages, self._pending = self._pending[:n], self._pending[n:]
+        self._pending_chars -= sum(map(len, messages))
         return encode_messages(messages)
 
     def __repr__(self) -> str:
@@ -107,14 +120,24 @@ class WebSocketSession(HubFlush, ServerSession):
 
     _sockjs_payload = staticmethod(encode_messages)
 
-    def __init__(self, ws: websocket.WebSocket, *, sockjs: bool, heartbeat_interval: float, session_id: str = ""):
+    def __init__(
+        self,
+        ws: websocket.WebSocket,
+        *,
+        sockjs: bool,
+        heartbeat_interval: float,
+        session_id: str = "",
+        dead_peer_timeout: float = 0.0,
+    ):
         super().__init__(session_id or "raw", ws.remote_addr)
         self._ws = ws
         self._sockjs = sockjs
         self._heartbeat_interval = heartbeat_interval
+        self._dead_peer_timeout = dead_peer_timeout
         self._inbox: deque[str] = deque()
         self._ws_done = False
         self._beat_due = False
+        self._ping_due = False
         self._writer: gevent.Greenlet[[], None] | None = None
         self._init_flush()
 
@@ -125,6 +148,17 @@ class WebSocketSession(HubFlush, ServerSession):
 
     def start(self) -> None:
         self._writer = gevent.spawn(self._write_loop)
+        self._ws.watch_liveness(self._dead_peer_timeout, self._ping_wanted)
+
+    def _ping_wanted(self) -> None:
+        """In the hub, from the liveness watchdog: the peer has been silent; the writer pings it
+        (SockJS clients send nothing when idle, but every WebSocket peer answers a ping)."""
+        self._ping_due = True
+        self._wakeup.set()
+
+    def _overflow(self) -> None:
+        ServerSession._overflow(self)
+        self._ws.abort()
 
     def recv(self) -> str | None:
         while True:
@@ -149,7 +183,7 @@ class WebSocketSession(HubFlush, ServerSession):
                 # sockjs-go closes the connection on a payload it cannot decode.
                 log.info("closing SockJS WebSocket from %s: %s", self.remote_addr, exc)
                 self._closed = True
-                self._pending = []
+                self._take_pending()
                 self._ws.close(websocket.CLOSE_PROTOCOL_ERROR, "Broken framing.")
                 self._wakeup.set()
 
@@ -166,7 +200,7 @@ class WebSocketSession(HubFlush, ServerSession):
                 if self._send_tail():
                     continue
                 if self._pending:
-                    messages, self._pending = self._pending, []
+                    messages = self._take_pending()
                     if self._sockjs:
                         for batch in batches(messages):
                             ws.send_text(encode_messages(batch))
@@ -182,6 +216,10 @@ class WebSocketSession(HubFlush, ServerSession):
                         ws.send_text(HEARTBEAT)
                     else:
                         ws.ping()
+                    continue
+                if self._ping_due:
+                    self._ping_due = False
+                    ws.ping()
                     continue
                 self._wakeup.clear()
                 self._writer_idle = True
