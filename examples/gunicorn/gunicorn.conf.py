@@ -24,8 +24,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or "1")
 #: Greenlets per worker, i.e. open connections (each websocket holds one).
 worker_connections = 1000
 
-#: Seconds a worker may take to stop. On SIGTERM the kite worker closes its kite sessions
-#: at once (``c[3000,"Go away!"]``), so this bounds only stragglers such as a pending poll.
+#: Seconds a worker may take to stop. On SIGTERM the kite worker drains its kite
+#: (``Kite.shutdown``) for this less 2 s (``kite.transport.wsgi.GRACEFUL_MARGIN``): with 2 it
+#: closes its sessions at once (``c[3000,"Go away!"]``); 12 lets calls in flight run 10 s more.
 graceful_timeout = 2
 
 #: Seconds without a heartbeat from a worker before the master restarts it.

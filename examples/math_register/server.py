@@ -23,13 +23,13 @@ monkey.patch_all()  # a server, and the XHR transport uses requests
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import signal  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 
 from kite import Kite, Request  # noqa: E402
 from kite.config import normalize_transport  # noqa: E402
+from kite.drain import StopSignals  # noqa: E402
 
 #: The original's ``-port`` default.
 DEFAULT_PORT = 6667
@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     gevent.wait(serving_or_failed, count=1, timeout=15)
     if not k.server_ready_notify().is_set():
         raise SystemExit(f"math kite could not serve on {k.config.ip}:{k.config.port}: {server.exception}")
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, k.close)
+    # SIGTERM/SIGINT: drain (deregister, let calls finish, close the sessions); again: stop at once.
+    # (k.run() in the main greenlet would install these itself; here it runs in a greenlet.)
+    StopSignals(k.shutdown, k.close, k.name).install()
     url = register_url(k, args.host)
     print(f"math kite {k.id} serving on {k.url}; registering {url} to {k.config.kontrol_url} "
           f"over {k.config.transport}", flush=True)

@@ -142,14 +142,15 @@ class ProxyKite(Kite):
         return make_server(self, self.config.ip, self.config.port, ssl_context=self._ssl_context,
                            handler_class=ForwardingHandler)
 
-    def run(self) -> None:
-        """Listen, then register with Kontrol (``register_self``), and serve until :meth:`close`.
+    def run(self, handle_signals: bool | None = None) -> None:
+        """Listen, then register with Kontrol (``register_self``), and serve until :meth:`close`
+        (stop signals: as :meth:`kite.Kite.run`).
 
         A failed bind raises before anything is registered.
         """
         registrar = self._greenlets.spawn(self._register_when_listening)
         try:
-            super().run()
+            super().run(handle_signals)
         finally:
             registrar.kill(block=False)
 
@@ -219,7 +220,7 @@ def run_command(prog: str, args: argparse.Namespace, build: Callable[[], ProxyKi
     gevent.signal_handler(signal.SIGTERM, proxy.close)
     gevent.signal_handler(signal.SIGINT, proxy.close)
     try:
-        proxy.run()
+        proxy.run(handle_signals=False)  # a proxy's tunnels and relays have no drain: it stops at once
     except OSError as exc:
         print(f"{prog}: cannot listen on {args.ip}:{args.port}: {exc}", file=sys.stderr)
         proxy.close()
