@@ -10,6 +10,14 @@ Both credentials are RS256 JWTs:
   kites, and must be signed by the callee's own Kontrol key, issued by its
   Kontrol user and addressed to it (audience, §5.5).
 
+Layers, as in jwt-go (parse, key function, signature, claims): :mod:`kite.wire.jws` has
+PyJWT parse the credential once (after our size cap) and check its RS256 signature with the
+key chosen here; PyJWT's exceptions become :class:`~kite.errors.AuthenticationError`. The
+policy is this module: which key (the trusted Kontrol key; for a kite key, the one it
+carries once that is trusted), issuer, time claims on this verifier's clock with its leeway,
+audience, username, and the caches. PyJWT's own claim checks stay off: they read the system
+clock, which tests replace here, and word their errors unlike Go's, which callers match.
+
 What this module checks beyond the Go kite (stricter, never looser):
 
 * only ``RS256`` is accepted, before anything else is trusted: ``none``, the HS*
@@ -34,6 +42,7 @@ repeated call with the same token costs a dict lookup.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .config import DEFAULT_AUTH_LEEWAY
 from .errors import AuthenticationError, KiteError
-from .wire.jws import JWT, decode_jwt, load_public_key, require_rs256, signature_valid
+from .wire.jws import JWT, SignatureInvalidError, decode_jwt, load_public_key, require_rs256, verify_signature
 from .wire.protocol import KiteIdentity
 
 if TYPE_CHECKING:
@@ -55,8 +64,6 @@ log = logging.getLogger("kite.auth")
 #: Authentication types with a built-in authenticator (§5.2).
 KITE_KEY = "kiteKey"
 TOKEN = "token"
-
-
 
 #: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat`` by default
 #: (``Config.auth_leeway``; the reason for the value is given there).
@@ -78,7 +85,6 @@ RESULT_CACHE_SIZE = 1024
 
 #: Message of a signature failure on a token: the Go kite's, so callers renew (§5.5).
 TOKEN_EXPIRED = "token is expired"
-
 
 
 class KeyNotTrustedError(AuthenticationError):
@@ -110,9 +116,15 @@ def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AuthenticationError(f"token is malformed: {name} is not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float64
+        number = math.inf
+    if not math.isfinite(number):  # NaN, the infinities (Python's JSON reader takes them) and overflows: not JSON
+        raise AuthenticationError(f"token is malformed: {name} is not a number")
+    return number
 
 
 def check_time_claims(claims: dict[str, Any], now: float, leeway: float = DEFAULT_LEEWAY) -> float | None:
@@ -358,11 +370,13 @@ class Verifier:
             return hit[0]
         jwt = decode_jwt(token)
         key = self.rsa_key(jwt)
-        if not signature_valid(key, jwt):
+        try:
+            verify_signature(jwt, key)
+        except SignatureInvalidError:
             # Go reports this as expired so that the caller fetches a new token
             # (the usual cause is a Kontrol key rotation, §5.7).
             log.debug("token of %r has a bad signature; reported as expired", jwt.claims.get("sub"))
-            raise AuthenticationError(TOKEN_EXPIRED)
+            raise AuthenticationError(TOKEN_EXPIRED) from None
         exp = check_time_claims(jwt.claims, now, self.leeway)
         if exp is None:
             raise AuthenticationError("token has no expiration time")
@@ -419,5 +433,7 @@ def _check_signed_by(pem: str, jwt: JWT) -> None:
         public_key = load_public_key(pem)
     except ValueError as exc:
         raise AuthenticationError(f"invalid kontrol key: {exc}") from None
-    if not signature_valid(public_key, jwt):
-        raise AuthenticationError("signature is invalid")
+    try:
+        verify_signature(jwt, public_key)
+    except SignatureInvalidError:
+        raise AuthenticationError("signature is invalid") from None

@@ -30,19 +30,24 @@ if TYPE_CHECKING:
     from .kite import Kite
 
 
-def serve_call(kite: Kite, client: Client, method_name: str, arguments: list[Any]) -> None:
-    """Run ``method_name`` of ``kite`` for ``client`` with the dnode ``arguments`` and reply."""
+def serve_call(kite: Kite, client: Client, method_name: str, arguments: list[Any]) -> KiteError | None:
+    """Run ``method_name`` of ``kite`` for ``client`` with the dnode ``arguments`` and reply.
+
+    Returns the error replied with, ``None`` after a result (what :mod:`kite.metrics` counts).
+    """
     options = arguments[0] if arguments and isinstance(arguments[0], dict) else None
     respond = options.get("responseCallback") if options is not None else None
     if not callable(respond):
         respond = None
     method = kite._methods.get(method_name)
     if method is None:
-        reply(respond, MethodNotFoundError(f"Method not found: {method_name}"), None)
-        return
+        error: KiteError = MethodNotFoundError(f"Method not found: {method_name}")
+        reply(respond, error, None)
+        return error
     if options is None or len(arguments) != 1:
-        reply(respond, GenericError("invalid call: arguments must be one options object"), None)
-        return
+        error = GenericError("invalid call: arguments must be one options object")
+        reply(respond, error, None)
+        return error
     if not client._dialed and not client._first_request_done:
         client._first_request_done = True
         client.kite = KiteIdentity.from_wire(options.get("kite"))
@@ -55,7 +60,7 @@ def serve_call(kite: Kite, client: Client, method_name: str, arguments: list[Any
         kite,
         client,
         username="" if client._dialed else client.kite.username,
-        auth=Auth(str(auth.get("type", "")), str(auth.get("key", ""))) if isinstance(auth, dict) else None,
+        auth=_auth_from_wire(auth),
     )
     try:
         if method.auth_required and not client._dialed:
@@ -64,9 +69,27 @@ def serve_call(kite: Kite, client: Client, method_name: str, arguments: list[Any
     except Exception as exc:
         if not isinstance(exc, KiteError):
             kite.log.debug("method %s failed: %r", method_name, exc)
-        reply(respond, to_kite_error(exc), None)
-        return
+        error = to_kite_error(exc)
+        reply(respond, error, None)
+        return error
     reply(respond, None, result)
+    return None
+
+
+def refuse_call(arguments: list[Any], error: KiteError) -> None:
+    """Answer a call with ``error`` without running it (a kite that is shutting down)."""
+    options = arguments[0] if arguments and isinstance(arguments[0], dict) else None
+    respond = options.get("responseCallback") if options is not None else None
+    reply(respond if callable(respond) else None, error, None)
+
+
+def _auth_from_wire(auth: Any) -> Auth | None:
+    """The call's ``authentication`` object; a field that is not a string counts as empty
+    (Go's decoder refuses it; ``str()`` of a hostile nested value could blow the stack)."""
+    if not isinstance(auth, dict):
+        return None
+    type_, key = auth.get("type"), auth.get("key")
+    return Auth(type_ if isinstance(type_, str) else "", key if isinstance(key, str) else "")
 
 
 def authenticate(kite: Kite, request: Request) -> None:
@@ -97,7 +120,7 @@ def reply(respond: Callable[..., None] | None, error: KiteError | None, result: 
     response = {"error": None if error is None else error.to_wire(), "result": result}
     try:
         respond(response)
-    except LocalProtocolError as exc:
+    except (LocalProtocolError, RecursionError) as exc:  # RecursionError: a result nested too deeply to scrub
         respond({"error": GenericError(f"cannot encode result: {exc}").to_wire(), "result": None})
     except SendError:
         pass  # the caller has gone; nothing to tell

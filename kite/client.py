@@ -1,7 +1,7 @@
 """``Client``: one peer of a kite, dialed by us or connected to us.
 
 On the dialing side a client owns the URL, the transport choice, reconnects
-with exponential back-off and the callback table that survives reconnects. On
+with exponential back-off and the dnode callback ids, which keep counting across reconnects. On
 the serving side the kite creates one per incoming session, and handlers reach
 it as ``request.client`` to call back into their caller.
 
@@ -21,7 +21,7 @@ import gevent
 from gevent.event import AsyncResult, Event
 
 from .config import normalize_transport
-from .connection import Connection, Reply, ReplyWaiter
+from .connection import CONNECTION_STATS, Connection, Reply, ReplyWaiter
 from .errors import KiteError, SendError, TimeoutError
 from .transport.session import Session
 from .wire import dnode
@@ -117,6 +117,13 @@ class Client:
     def remote_addr(self) -> str:
         return self._conn.session.remote_addr if self._conn else ""
 
+    def stats(self) -> dict[str, int]:
+        """Counts for leak checks and monitoring: the live connection's (:meth:`Connection.stats`,
+        zeros without one) and ``callbacks``, local functions the peer may still call."""
+        counts = self._conn.stats() if self._conn is not None else dict.fromkeys(CONNECTION_STATS, 0)
+        counts["callbacks"] = len(self._scrubber.callbacks)
+        return counts
+
     def on_connect(self, fn: Callable[[Client], Any]) -> Callable[[Client], Any]:
         """Run ``fn(client)`` after every successful dial or redial (usable as a decorator)."""
         self._on_connect.append(fn)
@@ -145,12 +152,18 @@ class Client:
 
     def dial_timeout(self, timeout: float | None) -> None:
         """Connect once within ``timeout`` seconds."""
+        from .transport.sockjs.client import DEAD_PEER_TIMEOUT
         from .transport.sockjs.client import dial as dial_session
 
         if not self.url:
             raise ValueError("client has no URL to dial")
         self._closed = False
-        session = dial_session(self.url, transport=self.transport, timeout=timeout, verify=self.verify)
+        config = self.local_kite.config
+        dead_peer = DEAD_PEER_TIMEOUT if config.dead_peer_timeout is None else config.dead_peer_timeout
+        session = dial_session(
+            self.url, transport=self.transport, timeout=timeout, verify=self.verify, dead_peer_timeout=dead_peer
+        )
+        session.max_backlog = config.max_send_backlog
         self._attach(session)
 
     def dial_forever(self) -> Event:
@@ -182,6 +195,10 @@ class Client:
     def _new_connection(self, session: Session) -> Connection:
         concurrency = self.local_kite.config.max_concurrent_calls if self.concurrent else 1
         conn = Connection(session, self._scrubber, self.local_kite._handle_call_for(self), concurrency)
+        self.local_kite.metrics.attach(self, conn)  # a no-op unless the kite's metrics are on
+        drain = self.local_kite.drain
+        if drain.refuses_calls():  # the kite is shutting down: this peer's calls are refused too
+            conn.refuse_calls(drain.refuse)
         self._conn = conn
         return conn
 
@@ -205,6 +222,9 @@ class Client:
         self._disconnected(conn)
 
     def _disconnected(self, conn: Connection) -> None:
+        # The functions sent to that peer died with its session: a redialed peer never got
+        # their ids (they are never reused), so keeping them would only grow the table.
+        self._scrubber.callbacks.clear()
         self._run_handlers(self._on_disconnect)
 
     def _run_handlers(self, handlers: list[Callable[[Client], Any]], background: bool = False) -> None:

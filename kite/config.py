@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .connection import DEFAULT_MAX_CONCURRENT_CALLS
+from .transport.session import MAX_SEND_BACKLOG
 
 #: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat`` of kite keys
 #: and tokens. The Go kite allows none, but a 2016 Kontrol stamps ``iat`` with
@@ -29,6 +30,11 @@ from .connection import DEFAULT_MAX_CONCURRENT_CALLS
 #: brand-new tokens. Five seconds covers NTP-synchronised hosts and stays far
 #: below the 30 s renewal margin of the token renewer (§5.6).
 DEFAULT_AUTH_LEEWAY = 5.0
+
+#: Seconds :meth:`kite.Kite.shutdown` (SIGTERM on ``run()``) lets calls in flight finish before it
+#: closes the sessions anyway: enough for ordinary calls, and well inside the 30 s a Kubernetes pod
+#: (``terminationGracePeriodSeconds``) or gunicorn (``--graceful-timeout``) gives by default.
+DEFAULT_DRAIN_TIMEOUT = 10.0
 
 #: ``KITE_*`` variables read into a Config, by field (PROTOCOL.md §9). Others are
 #: read where they are used: ``KITE_HOME`` (kite.key directory, :mod:`kite.kitekey`),
@@ -45,6 +51,9 @@ ENVIRONMENT_VARIABLES = {
     "KITE_TIMEOUT": "timeout",
     "KITE_HANDSHAKE_TIMEOUT": "dial_timeout",
     "KITE_PROXY_URL": "proxy_url",
+    "KITE_METRICS": "metrics",
+    "KITE_LOG_FORMAT": "log_format",
+    "KITE_DRAIN_TIMEOUT": "drain_timeout",
 }
 
 #: Go's duration units, in seconds (both micro signs are accepted, as in Go).
@@ -158,8 +167,19 @@ class Config:
     heartbeat_interval: float = 10.0
     #: How long a polling session lives with no poll attached, seconds.
     disconnect_delay: float = 10.0
+    #: Seconds a peer may send nothing at all (a silent peer is pinged) before its session is
+    #: dropped as dead, on dialed sessions (the read timeout of XHR) and served WebSockets;
+    #: ``None`` on the serving side: 3 heartbeat intervals. 0 turns the check off.
+    dead_peer_timeout: float | None = None
+    #: Characters a session may hold queued for a peer that does not read them before it is closed.
+    max_send_backlog: int = MAX_SEND_BACKLOG
     #: Largest message accepted from a peer, bytes.
     max_message_size: int = 16 * 1024 * 1024
+    #: Seconds an HTTP client has to send a request's head (slowloris guard;
+    #: ``kite.transport.wsgi.HEADER_TIMEOUT``).
+    header_timeout: float = 10.0
+    #: Seconds an HTTP client has to send a request's body (``kite.transport.wsgi.BODY_TIMEOUT``).
+    body_timeout: float = 60.0
     #: Seconds of clock skew tolerated on ``exp``/``nbf``/``iat`` of kite keys and tokens.
     auth_leeway: float = DEFAULT_AUTH_LEEWAY
     #: Accept a kiteKey of any user (Go's behaviour). ``False`` (strict, the
@@ -168,6 +188,15 @@ class Config:
     kite_key_any_user: bool = False
     #: ``KITE_PROXY_URL``: a reverse proxy to register through (§8.3).
     proxy_url: str = ""
+    #: ``KITE_METRICS``: collect Prometheus metrics and serve ``/metrics`` (``Kite.enable_metrics``).
+    metrics: bool = False
+    #: ``KITE_LOG_FORMAT``: ``"plain"`` (the default) or ``"json"`` lines (``Kite.set_log_format``).
+    log_format: str = "plain"
+    #: ``KITE_DRAIN_TIMEOUT``: seconds ``Kite.shutdown()`` (and SIGTERM) waits for calls in flight.
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: ``Kite.run()`` drains on SIGTERM/SIGINT (a second one stops at once) when it blocks the main
+    #: greenlet of the main thread; ``False`` leaves the signals to the program.
+    handle_signals: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def copy(self) -> Config:
@@ -247,7 +276,21 @@ class Config:
         return self
 
 
-def _convert(attr: str, value: str) -> int | float | str:
+#: How ``KITE_METRICS`` and other yes/no variables may be spelled.
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+_LOG_FORMATS = ("plain", "json")
+
+
+def _convert(attr: str, value: str) -> int | float | str | bool:
+    if attr == "metrics":
+        try:
+            return _BOOLEANS[value.strip().lower()]
+        except KeyError:
+            raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {value!r}") from None
+    if attr == "log_format":
+        if value.strip().lower() not in _LOG_FORMATS:
+            raise ValueError(f"unknown log format {value!r}; use one of {', '.join(_LOG_FORMATS)}")
+        return value.strip().lower()
     if attr == "port":
         try:
             port = int(value)
@@ -260,6 +303,11 @@ def _convert(attr: str, value: str) -> int | float | str:
         return normalize_transport(value)
     if attr == "verify_ttl":
         return parse_duration(value)  # negative: do not cache trust decisions
+    if attr == "drain_timeout":
+        seconds = parse_duration(value)
+        if seconds < 0:
+            raise ValueError(f"duration must not be negative, got {value!r}")
+        return seconds
     if attr in ("timeout", "dial_timeout"):
         seconds = parse_duration(value)
         if seconds <= 0:

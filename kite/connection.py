@@ -45,10 +45,18 @@ MAX_QUEUED_CALLS = 4096
 #: lets the event loop go round (other connections, timers) once.
 INLINE_CALLS_PER_TURN = 64
 
+#: Messages a leader reads back to back without running one inline (calls queued for the
+#: workers, responses, callbacks) before it lets the loop go round once: a peer's burst of
+#: thousands of calls is read in slices, so other connections are not stalled while it lands.
+MESSAGES_PER_TURN = 64
+
 #: What a leader sleeps to let the loop go round: any positive time waits for its next iteration.
 _NEXT_TURN = 1e-6
 
 DISCONNECT_MESSAGE = "Remote kite has disconnected"
+
+#: The keys of :meth:`Connection.stats`.
+CONNECTION_STATS = ("pending_calls", "running_calls", "queued_calls", "send_backlog")
 
 CallHandler = Callable[["Connection", str, list[Any]], None]
 
@@ -92,6 +100,10 @@ _R = TypeVar("_R", bound=Reply)
 class Connection:
     """The dnode state of one session. Created and owned by a :class:`~kite.client.Client`."""
 
+    #: Where the characters of messages received and sent are added up (``received``/``sent``),
+    #: set by :mod:`kite.metrics` when the kite's metrics are on.
+    traffic: Any = None
+
     def __init__(
         self,
         session: Session,
@@ -118,6 +130,27 @@ class Connection:
         self._check_scheduled = False  # _check_leader is due: the hub has not run since
         self._inline_this_turn = 0  # calls run inline since _check_leader was scheduled
         self._ended = Event()
+        self._refuse: CallHandler | None = None  # set while draining: answers new calls instead
+
+    def refuse_calls(self, refuse: CallHandler | None) -> None:
+        """From now on hand every new incoming call to ``refuse(conn, method, arguments)``, in the read
+        loop, instead of running or queueing it (``None``: serve them again). Calls already running
+        or queued go on. :meth:`kite.Kite.shutdown` answers them "kite is shutting down"."""
+        self._refuse = refuse
+
+    def wait_ended(self, timeout: float | None = None) -> bool:
+        """Block until the session has ended and every pending call failed; ``False`` after ``timeout``."""
+        return self._ended.wait(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Counts for leak checks and monitoring (:data:`CONNECTION_STATS`): outgoing calls awaiting
+        their reply, incoming calls running and queued, characters queued for the peer."""
+        return {
+            "pending_calls": len(self._pending),
+            "running_calls": self._workers,
+            "queued_calls": len(self._calls),
+            "send_backlog": self.session.backlog(),
+        }
 
     # -- sending -----------------------------------------------------------
 
@@ -128,6 +161,8 @@ class Connection:
             self.session.send(text)
         except SessionClosed:
             raise SendError("can't send, session is closed") from None
+        if self.traffic is not None:
+            self.traffic.sent += len(text)
 
     @overload
     def call(
@@ -206,6 +241,7 @@ class Connection:
         """The read loop, run by the current leader; ``False`` once it has handed reading on."""
         me = self._leader = getcurrent()
         session = self.session
+        read_this_turn = 0  # messages read without an inline call since the loop last went round
         try:
             while True:
                 if len(self._calls) >= MAX_QUEUED_CALLS:
@@ -214,6 +250,8 @@ class Connection:
                 text = session.recv()
                 if text is None:
                     break
+                if self.traffic is not None:
+                    self.traffic.received += len(text)
                 try:
                     msg = dnode.decode_message(text)
                 except ProtocolError as exc:
@@ -226,6 +264,12 @@ class Connection:
                         return False
                     if self._inline_this_turn >= INLINE_CALLS_PER_TURN:
                         gevent.sleep(_NEXT_TURN)  # a sleep of 0 may not let the loop poll for I/O
+                    read_this_turn = 0
+                else:
+                    read_this_turn += 1
+                    if read_this_turn >= MESSAGES_PER_TURN:
+                        read_this_turn = 0
+                        gevent.sleep(_NEXT_TURN)
         except Exception:
             log.exception("read loop of %s failed", session.remote_addr)
         finally:
@@ -276,6 +320,12 @@ class Connection:
             dnode.unscrub(msg.arguments, msg.callbacks, self.make_proxy)
         method = msg.method
         if isinstance(method, str):
+            if self._refuse is not None:
+                try:
+                    self._refuse(self, method, msg.arguments)
+                except Exception:
+                    log.exception("refusing call %r from %s failed", method, self.session.remote_addr)
+                return False
             if self._workers < self._max_workers:
                 self._workers += 1
                 return True

@@ -19,11 +19,16 @@ import gevent
 from gevent.event import Event
 
 from . import handlers as builtin_handlers
+from . import jsonlog
+from . import metrics as kite_metrics
 from .auth import KITE_KEY, TOKEN, Verifier
 from .calls import serve_call
 from .client import Client
 from .config import Config
 from .connection import Connection
+from .drain import Drain, StopSignals, in_main_greenlet
+from .errors import KiteError
+from .health import Health
 from .kontrolclient.client import KontrolClient
 from .kontrolclient.kitemethods import KontrolMethods
 from .log import new_logger, setup_signal_handler
@@ -114,6 +119,17 @@ class Kite(KontrolMethods):
         self._app: Flask | None = None
         self._sockjs: SockJSServer | None = None
         builtin_handlers.register(self)
+        #: Prometheus metrics (:mod:`kite.metrics`): :data:`~kite.metrics.DISABLED` until :meth:`enable_metrics`.
+        self.metrics: kite_metrics.KiteMetrics | kite_metrics.NoMetrics = kite_metrics.DISABLED
+        self._log_calls = False  # JSON logs: calls run in a log context (set_log_format)
+        #: ``/healthz`` and ``/readyz`` (:mod:`kite.health`); add readiness checks with ``health.add_check``.
+        self.health = Health(self)
+        #: The graceful shutdown (:meth:`shutdown`, :mod:`kite.drain`): its state and figures.
+        self.drain = Drain(self)
+        if self.config.metrics:
+            self.enable_metrics()
+        if self.config.log_format != jsonlog.PLAIN:
+            self.set_log_format(self.config.log_format)
 
     def __repr__(self) -> str:
         return f"<Kite {self.name} {self.version} {self.id}>"
@@ -284,13 +300,16 @@ class Kite(KontrolMethods):
     # -- serving calls -----------------------------------------------------
 
     def _handle_call_for(self, client: Client) -> CallHandler:
+        if self.metrics.enabled or self._log_calls:
+            return kite_metrics.observed_call_handler(self, client)
+
         def handle(conn: Connection, method_name: str, arguments: list[Any]) -> None:
             self._handle_call(client, method_name, arguments)
 
         return handle
 
-    def _handle_call(self, client: Client, method_name: str, arguments: list[Any]) -> None:
-        serve_call(self, client, method_name, arguments)
+    def _handle_call(self, client: Client, method_name: str, arguments: list[Any]) -> KiteError | None:
+        return serve_call(self, client, method_name, arguments)
 
     # -- WSGI and serving --------------------------------------------------
 
@@ -317,6 +336,8 @@ class Kite(KontrolMethods):
                 heartbeat_interval=c.heartbeat_interval,
                 disconnect_delay=c.disconnect_delay,
                 max_message_size=c.max_message_size,
+                dead_peer_timeout=c.dead_peer_timeout,
+                max_send_backlog=c.max_send_backlog,
             )
         return self._sockjs
 
@@ -378,22 +399,53 @@ class Kite(KontrolMethods):
         context.set_alpn_protocols(["http/1.1"])
         self._ssl_context = context
 
-    def run(self) -> None:
-        """Serve until :meth:`close` (blocking). ``KITE_VERSION`` set: print the version and return."""
+    def run(self, handle_signals: bool | None = None) -> None:
+        """Serve until :meth:`close` or :meth:`shutdown` (blocking). ``KITE_VERSION`` set: print the
+        version and return.
+
+        Run from the main greenlet of the main thread (a program that serves this kite), it drains
+        on SIGTERM or SIGINT (:meth:`shutdown` with ``config.drain_timeout``) and stops at once on a
+        second one. ``handle_signals`` (default ``config.handle_signals``) ``False`` leaves the
+        signals alone; a ``run()`` in a greenlet of its own never handles them.
+        """
         if os.environ.get("KITE_VERSION"):
             print(self.version)
             return
-        self._server = self._make_server()
-        self._server.init_socket()  # bound and listening: connections queue until it accepts
-        for fn in self._on_bound:
-            fn()
-        self._server.start()
-        self.log.info("serving %s %s on %s", self.name, self.version, self.url)
-        self._ready.set()
+        if handle_signals is None:
+            handle_signals = self.config.handle_signals
+        signals = None
+        if handle_signals and in_main_greenlet():
+            signals = StopSignals(self.shutdown, self.close, self.name).install()
         try:
-            self._closed.wait()
+            if not self._start_serving():
+                return
+            try:
+                self._closed.wait()
+                if self.drain.started is not None:
+                    self.drain.done.wait()  # a shutdown() closed it: let it log its end before run() returns
+            finally:
+                self._closed.set()
         finally:
-            self._closed.set()
+            if signals is not None:
+                signals.uninstall()
+
+    def _start_serving(self) -> bool:
+        """Bind, run the on_bound hooks, accept; ``False`` if the kite was closed meanwhile."""
+        self.drain.startup_begins()  # a shutdown() meanwhile waits until the kite serves
+        try:
+            self._server = self._make_server()
+            self._server.init_socket()  # bound and listening: connections queue until it accepts
+            for fn in self._on_bound:
+                fn()
+            if self._closed.is_set():  # closed while starting: do not serve
+                self._server.close()
+                return False
+            self._server.start()
+            self.log.info("serving %s %s on %s", self.name, self.version, self.url)
+            self._ready.set()
+            return True
+        finally:
+            self.drain.startup_ends()
 
     def _make_server(self) -> WSGIServer:
         """The WSGI server :meth:`run` starts (not started yet): this kite on ``config.ip:config.port``,
@@ -401,7 +453,8 @@ class Kite(KontrolMethods):
         from .transport.wsgi import make_server
 
         return make_server(self, self.config.ip, self.config.port, ssl_context=self._ssl_context,
-                           reuse_port=self.reuse_port)
+                           reuse_port=self.reuse_port, header_timeout=self.config.header_timeout,
+                           body_timeout=self.config.body_timeout)
 
     def server_ready_notify(self) -> Event:
         """An event set once :meth:`run` listens (``port`` is then the bound port)."""
@@ -440,8 +493,26 @@ class Kite(KontrolMethods):
         if self._sockjs is not None:
             self._sockjs.close()
 
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop gracefully (blocking); ``True`` if every call in flight finished within ``timeout``
+        seconds (default ``config.drain_timeout``, :data:`~kite.config.DEFAULT_DRAIN_TIMEOUT`).
+
+        In this order (:mod:`kite.drain`): deregister from Kontrol (a websocket registration ends
+        with the Kontrol connection, which Kontrol answers by deleting the entry; an HTTP
+        registration only stops heartbeating -- the protocol has no unregister -- so Kontrol drops
+        it when the heartbeats are missed, 30 s with Go's timings); stop accepting connections and
+        answer new calls with a ``genericError`` "kite is shutting down"; wait until no call is
+        running or queued on any connection (or the timeout); close every session with a close
+        frame (callers see ``disconnect``) and stop the server, as :meth:`close`.
+
+        Idempotent (a second call waits for the first); :meth:`close` meanwhile stops at once. From
+        a signal handler, run it in a greenlet: ``gevent.spawn(k.shutdown)``.
+        """
+        return self.drain.shutdown(self.config.drain_timeout if timeout is None else timeout)
+
     def close(self) -> None:
-        """Stop serving, close every incoming session and the Kontrol connection."""
+        """Stop serving at once: close every incoming session and the Kontrol connection (no drain:
+        calls still running are cut off; :meth:`shutdown` lets them finish)."""
         self.kontrol.close()
         self.close_sessions()
         if self._server is not None:
@@ -449,6 +520,22 @@ class Kite(KontrolMethods):
         if self._heartbeat is not None:
             self._heartbeat.kill(block=False)
         self._closed.set()
+
+    def enable_metrics(self) -> kite_metrics.KiteMetrics:
+        """Collect Prometheus metrics and serve them at ``/metrics`` (:mod:`kite.metrics`; idempotent).
+
+        Call it before serving. Needs ``pip install kite[metrics]``, else raises
+        :class:`~kite.metrics.MetricsNotInstalledError` saying so.
+        """
+        return kite_metrics.enable(self)
+
+    def set_log_format(self, log_format: str) -> None:
+        """``"json"``: log JSON lines with this kite's id and the call's method, caller, call id and
+        duration (:mod:`kite.jsonlog`); ``"plain"``: the default format."""
+        jsonlog.set_log_format(log_format)
+        self._log_calls = log_format == jsonlog.JSON
+        if self._log_calls:
+            jsonlog.stamp_kite_id(self.log, self.id)
 
     def set_log_level(self, level: int | str) -> None:
         """Set this kite's log level (``"DEBUG"``, ``logging.INFO``, ...)."""

@@ -19,11 +19,9 @@ monkey.patch_all()  # a server entry point: patch before anything imports socket
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 import uuid  # noqa: E402
-
-import gevent  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 from kite import kitekey  # noqa: E402
 from kite.config import Config  # noqa: E402
@@ -58,6 +56,8 @@ OPTIONS = [
     ("machine-password-file", "MACHINE_PASSWORD_FILE", "",
      "open registerMachine (kitecli register) to callers who send the password in this file"),
     ("machine-users", "MACHINE_USERS", "", "with --machine-password-file: only these users (comma-separated)"),
+    ("dashboard-password-file", "DASHBOARD_PASSWORD_FILE", "",
+     "with --dashboard: also let the users of this file (lines user:hash) log in"),
     ("workers", "WORKERS", "0",
      "processes serving the port (SO_REUSEPORT) on the shared storage; 0: one per CPU. memory and sqlite "
      "storage run one process (an in-memory store cannot be shared; sqlite takes one writer)"),
@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{flag}", default=default, help=f"{text} [KONTROL_{env}]")
     initial_env = os.environ.get("KONTROL_INITIAL", "").lower() in ("1", "true", "yes")
     parser.add_argument("--initial", action="store_true", default=initial_env, help="write the first kite.key and exit")
+    dashboard_env = os.environ.get("KONTROL_DASHBOARD", "").lower() in ("1", "true", "yes")
+    parser.add_argument("--dashboard", action="store_true", default=dashboard_env,
+                        help="serve the live registry page at /dashboard/ (log in with a kite key) [KONTROL_DASHBOARD]")
+    parser.add_argument("--dashboard-hash-password", metavar="USER", default="",
+                        help="read a password (stdin) and print the --dashboard-password-file line of USER")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
     args = parser.parse_args(argv)
     try:
@@ -87,8 +92,9 @@ def storage_url(args: argparse.Namespace) -> str:
         os.makedirs(kitekey.kite_home(), mode=0o700, exist_ok=True)
         return os.path.join(kitekey.kite_home(), "kontrol.db")
     if kind in ("etcd", "etcd2"):
-        machine = (args.machines.split(",")[0] if args.machines else "127.0.0.1:2379").removeprefix("http://")
-        return f"{kind}://{machine}"
+        # Every endpoint: the storage fails over from one member to the next.
+        machines = [m.strip().removeprefix("http://") for m in args.machines.split(",") if m.strip()]
+        return f"{kind}://{','.join(machines or ['127.0.0.1:2379'])}"
     return kind
 
 
@@ -177,7 +183,32 @@ def build(args: argparse.Namespace) -> Kontrol:
         kontrol.add_key_pair(*generated_key_pair())
     if args.tlscertfile:
         kontrol.kite.use_tls_file(args.tlscertfile, args.tlskeyfile)
+    if args.dashboard:
+        try:
+            kontrol.enable_dashboard(args.dashboard_password_file or None)
+        except (OSError, ValueError) as exc:
+            sys.exit(f"kontrol: --dashboard-password-file: {exc}")
     return kontrol
+
+
+def hash_password_line(username: str) -> str:
+    """``--dashboard-hash-password USER``: the password file line for USER, the password read from
+    the terminal (asked twice) or from the first line of stdin."""
+    import getpass
+
+    from .dashboard import hash_password
+
+    if ":" in username:
+        sys.exit("kontrol: --dashboard-hash-password: a user name cannot contain ':'")
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {username}: ")
+        if getpass.getpass("again: ") != password:
+            sys.exit("kontrol: the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        sys.exit("kontrol: empty password")
+    return f"{username}:{hash_password(password)}"
 
 
 def initial(args: argparse.Namespace) -> None:
@@ -194,6 +225,9 @@ def initial(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``kontrol`` console script and ``python -m kontrol``."""
     args = parse_args(argv)
+    if args.dashboard_hash_password:
+        print(hash_password_line(args.dashboard_hash_password))
+        return
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -205,10 +239,14 @@ def main(argv: list[str] | None = None) -> None:
     if workers > 1:
         for handler in logging.getLogger().handlers:  # tell the processes apart
             handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s"))
-        build(args).storage.close()  # key pairs made and stored once, before any worker starts
+        first = build(args)  # key pairs made and stored once, before any worker starts
+        first.storage.close()
         log.info("storage: %s; %d workers on port %d", storage_url(args), workers, args.port or DEFAULT_PORT)
         kontrol_id = str(uuid.uuid4())  # one Kontrol to its callers: one identity, one registry entry
-        status = Supervisor(workers, lambda index: serve(args, kontrol_id)).run()
+        stop_timeout = first.kite.config.drain_timeout + WORKER_CLOSE_MARGIN
+        supervisor = Supervisor(workers, lambda index: serve(args, kontrol_id, supervisor.stopping_all),
+                                stop_timeout)
+        status = supervisor.run()
         log.info("kontrol stopped")
         sys.exit(status)
     log.info("storage: %s", storage_url(args))
@@ -235,14 +273,20 @@ def worker_count(args: argparse.Namespace) -> int:
     return wanted
 
 
-def serve(args: argparse.Namespace, worker_of: str = "") -> int:
-    """Build and run one Kontrol until SIGTERM/SIGINT (``worker_of``: the kite id shared by the
-    ``--workers`` processes, each of which registers the same entry)."""
+#: Seconds a ``--workers`` worker gets, past its drain timeout, to close before the supervisor kills it.
+WORKER_CLOSE_MARGIN = 5.0
+
+
+def serve(args: argparse.Namespace, worker_of: str = "", deregisters_self: Callable[[], bool] | None = None) -> int:
+    """Build and run one Kontrol until SIGTERM/SIGINT: the first drains (:meth:`Kontrol.shutdown`,
+    ``KITE_DRAIN_TIMEOUT``), a second stops at once. ``worker_of``: the kite id shared by the
+    ``--workers`` processes, each of which registers the same entry; ``deregisters_self``: whether
+    this worker's stop deletes it (:meth:`~kontrol.supervisor.Supervisor.stopping_all`)."""
     kontrol = build(args)
     if worker_of:
         kontrol.kite.reuse_port = True
         kontrol.kite.id = worker_of
-    gevent.signal_handler(signal.SIGTERM, kontrol.close)
-    gevent.signal_handler(signal.SIGINT, kontrol.close)
+    if deregisters_self is not None:
+        kontrol.deregisters_self = deregisters_self
     kontrol.run()
     return 0

@@ -45,7 +45,10 @@ def validate_url(url: Any) -> str:
     """A registered URL must be a non-empty absolute URL."""
     if not isinstance(url, str) or not url:
         raise GenericError("empty url")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "http://[::1": an unclosed IPv6 bracket
+        raise GenericError(f"invalid url: {url!r}") from None
     if not parts.scheme or not parts.netloc:
         raise GenericError(f"invalid url: {url!r}")
     return url
@@ -174,13 +177,27 @@ def handle_register_machine(kontrol: Kontrol, r: Request) -> str:
     username = r.client.kite.username
     if not username:
         raise GenericError("cannot register a machine without a username")
+    address = _host(r.client.remote_addr)
+    limit = kontrol.machine_rate_limit
+    limit.begin(address, username)  # RequestLimitError after too many failures (password guessing)
     try:
         kontrol.machine_authenticator(str(auth_type or ""), r)
     except KiteError as exc:
+        log.info("registerMachine from %s for %r refused: %s", address, username, exc.message)
         raise GenericError(f"cannot authenticate user: {exc.message}") from None
     except Exception as exc:
+        log.info("registerMachine from %s for %r refused: %s", address, username, exc)
         raise GenericError(f"cannot authenticate user: {exc}") from None
+    limit.succeeded(address, username)
     return kontrol.keypairs.new_kite_key(username, kontrol.username, kontrol.kontrol_url)
+
+
+def _host(remote_addr: str) -> str:
+    """The host part of a ``host:port`` remote address (``[v6]:port`` too): one bucket per host, not per port."""
+    host, sep, port = remote_addr.rpartition(":")
+    if not sep or not port.isdigit():
+        return remote_addr
+    return host.strip("[]")
 
 
 def _query(obj: Any) -> KontrolQuery:

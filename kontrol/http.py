@@ -62,7 +62,7 @@ def register_answer(kontrol: Kontrol, raw: bytes) -> Answer:
         body = json.loads(raw)
         if not isinstance(body, dict):
             raise ValueError("not an object")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         return _error(400, f"wrong register input: '{raw[:200].decode('utf-8', 'replace')}'")
     auth = body.get("auth") if isinstance(body.get("auth"), dict) else {}
     if auth.get("type") != "kiteKey":
@@ -71,7 +71,8 @@ def register_answer(kontrol: Kontrol, raw: bytes) -> Answer:
         url = validate_url(body.get("url"))
     except KiteError:
         return _error(400, "empty URL")
-    key = str(auth.get("key", ""))
+    key = auth.get("key")
+    key = key if isinstance(key, str) else ""  # str() of a hostile nested value could blow the stack
     try:
         username = kontrol.kite.verifier.verify_kite_key(key)
     except KiteError as exc:
@@ -135,7 +136,8 @@ def wsgi_routes(kontrol: Kontrol) -> dict[str, WSGIApplication]:
     def register(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST":
             return fallback(environ, start_response)
-        return serve(register_answer(kontrol, environ["wsgi.input"].read()), start_response)
+        body = environ["wsgi.input"].read(MAX_REGISTER_BODY + 1)  # more is refused: never read it all
+        return serve(register_answer(kontrol, body), start_response)
 
     def heartbeat(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):

@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
 from kite import Client, Config, Kite, Request
+from kite.drain import StopSignals, in_main_greenlet
 from kite.wire.protocol import KiteIdentity
 
 from . import handlers
+from . import metrics as kontrol_metrics
 from .http import blueprint, wsgi_routes
 from .keypairs import KeyPairs
+from .machines import MachineRateLimit
 from .registry import HEARTBEAT_INTERVAL, SELF, Registry
 from .storage import (
     KeyPair,
@@ -28,6 +31,11 @@ from .storage import (
     open_storage,
 )
 from .tokens import TOKEN_LEEWAY, TOKEN_TTL, TokenIssuer
+
+if TYPE_CHECKING:
+    from kite.metrics import KiteMetrics
+
+    from .dashboard import Dashboard
 
 log = logging.getLogger("kontrol")
 
@@ -64,6 +72,9 @@ class Kontrol:
     ``kontrol_url`` of its config, else the URL it serves on), so that queries
     list it and kites can find Kontrols as they find each other. The entry is
     refreshed while Kontrol runs and removed when it closes.
+
+    ``dashboard=True`` serves the dashboard under ``/dashboard`` (:meth:`enable_dashboard`), with
+    password logins too when ``dashboard_password_file`` names a password file.
     """
 
     def __init__(
@@ -76,6 +87,8 @@ class Kontrol:
         token_leeway: float = TOKEN_LEEWAY,
         machine_authenticator: MachineAuthenticator = refuse_machines,
         register_url: str = "",
+        dashboard: bool = False,
+        dashboard_password_file: str | None = None,
         **registry_options: float,
     ):
         config = config if config is not None else Config()
@@ -87,12 +100,20 @@ class Kontrol:
         self.registry = Registry(self.storage, **registry_options)
         self.tokens = TokenIssuer(self.keypairs, self.username, token_ttl, token_leeway)
         self.machine_authenticator = machine_authenticator
+        #: Failed ``registerMachine`` attempts allowed per address, username and overall (password guessing).
+        self.machine_rate_limit = MachineRateLimit()
         #: The URL Kontrol registers for itself ("": ``kontrol_url``); see the class docstring.
         self.register_url = register_url
         #: Register Kontrol's own entry before it accepts its first connection (:meth:`run`).
         self.register_self = True
         self._self_registration: gevent.Greenlet | None = None
-        self._closing = False
+        self._closing = False  # sessions closing: the kites' disconnects keep their entries
+        self._shutting_down = False
+        self._closed = False
+        #: Whether stopping this process deletes Kontrol's own entry: always for one process; with
+        #: ``kontrol --workers`` only when the supervisor stops them all (the entry is shared, and a
+        #: worker stopped on its own is restarted while its siblings go on serving).
+        self.deregisters_self: Callable[[], bool] = lambda: True
         self._watchers: dict[Client, dict[str, Watcher]] = {}
         self._registered: dict[Client, set[str]] = {}
         k = self.kite
@@ -106,9 +127,15 @@ class Kontrol:
             k.handle_func(name, self._bind(fn))
         k.handle_func("registerMachine", self._bind(handlers.handle_register_machine)).disable_authentication()
         k.on_disconnect(self._on_disconnect)
+        k.drain.before_close(self._end_watches)
         k.app.register_blueprint(blueprint(self))  # served by Flask for other methods (405)
         for path, app in wsgi_routes(self).items():
             k.handle_wsgi(path, app)
+        kontrol_metrics.install(self)  # /readyz checks the storage; Kontrol's metrics when config.metrics
+        #: The dashboard, once :meth:`enable_dashboard` was called.
+        self.dashboard: Dashboard | None = None
+        if dashboard:
+            self.enable_dashboard(dashboard_password_file)
 
     def _bind(self, fn: Callable[[Kontrol, Request], Any]) -> Callable[[Request], Any]:
         return lambda r: fn(self, r)
@@ -143,6 +170,24 @@ class Kontrol:
     def register_user(self, username: str) -> str:
         """A new kite key for ``username``, signed by the current pair (``-initial``, §7.13)."""
         return self.keypairs.new_kite_key(username, self.username, self.kontrol_url)
+
+    def enable_metrics(self) -> KiteMetrics:
+        """Serve Prometheus metrics at ``/metrics``: the kite's and Kontrol's (:mod:`kontrol.metrics`)."""
+        return kontrol_metrics.enable(self)
+
+    def enable_dashboard(self, password_file: str | None = None) -> Dashboard:
+        """Serve the dashboard (:mod:`kontrol.dashboard`) under ``/dashboard``; call before :meth:`run`.
+
+        Holders of a kite key signed by this Kontrol log in; so do the users of ``password_file``
+        (lines ``user:hash``, see :func:`kontrol.dashboard.hash_password`). It is read at once
+        (``OSError``/``ValueError`` when unusable) and again at each login.
+        """
+        if self.dashboard is None:
+            from .dashboard import Dashboard
+
+            self.dashboard = Dashboard(self, password_file)
+            self.kite.app.register_blueprint(self.dashboard.blueprint, url_prefix=self.dashboard.url_prefix)
+        return self.dashboard
 
     # -- connections ----------------------------------------------------------------------
 
@@ -197,17 +242,36 @@ class Kontrol:
 
     # -- serving --------------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Serve until :meth:`close` (blocking) on ``config.ip:config.port`` (0: a free port).
+    def run(self, handle_signals: bool | None = None) -> None:
+        """Serve until :meth:`close` or :meth:`shutdown` (blocking) on ``config.ip:config.port``
+        (0: a free port).
 
-        Makes a key pair if the storage has none.
+        Makes a key pair if the storage has none. Run from the main greenlet of the main thread, it
+        drains on SIGTERM/SIGINT (:meth:`shutdown`) and stops at once on a second one, as
+        :meth:`kite.Kite.run` (``handle_signals``: default ``config.handle_signals``).
         """
+        if handle_signals is None:
+            handle_signals = self.kite.config.handle_signals
+        signals = None
+        if handle_signals and in_main_greenlet():
+            signals = StopSignals(self.shutdown, self.close, "kontrol").install()
         if not self.kite.config.kontrol_key:
             self.kite.config.kontrol_key = self.keypairs.current().public
         self.registry.start()
+        if self.dashboard is not None:
+            self.dashboard.start()
+            self.kite.on_bound(self._log_dashboard_url)
         if self.register_self:
             self.kite.on_bound(self._register_self_first)
-        self.kite.run()
+        try:
+            self.kite.run(handle_signals=False)
+        finally:
+            if signals is not None:
+                signals.uninstall()
+
+    def _log_dashboard_url(self) -> None:
+        if self.dashboard is not None:
+            log.info("dashboard at %s%s/", self.kite.url.removesuffix("/kite"), self.dashboard.url_prefix)
 
     def _register_self_first(self) -> None:
         """Bound, not yet accepting: put Kontrol's own entry in the registry, so that whoever reaches
@@ -232,17 +296,54 @@ class Kontrol:
         log.info("registered itself as %s at %s", self.kite.kite(), url)
         return True
 
-    def close(self) -> None:
-        """Stop serving, stop refreshing, close the storage (registered kites stay until their TTL)."""
-        self._closing = True
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop gracefully (blocking; SIGTERM on :meth:`run`); ``True`` if every call finished in time.
+
+        Kontrol's own entry goes first (:attr:`deregisters_self`), so that nobody is sent here any
+        more; then the kite drains (:meth:`kite.Kite.shutdown`: new calls refused, calls in flight
+        finish within ``timeout``, default ``config.drain_timeout``); then the watches end and every
+        session is closed with a close frame, so watchers see ``disconnect`` at once and look for
+        another Kontrol. The kites registered here keep their entries (see :meth:`close`).
+        Idempotent; :meth:`close` meanwhile stops at once.
+        """
+        if self._shutting_down:
+            return self.kite.shutdown(timeout)  # waits for the drain under way
+        if self._closed:
+            return False
+        self._shutting_down = True
+        # A signal while Kontrol binds and registers itself: let that finish, then undo it.
+        self.kite.drain.wait_startup(self.kite.config.drain_timeout if timeout is None else timeout)
+        self._deregister_self()
+        drained = self.kite.shutdown(timeout)
+        self.close()
+        return drained
+
+    def _deregister_self(self) -> None:
         if self._self_registration is not None:
             self._self_registration.kill(block=False)
-        self.registry.stop()
-        self.registry.deregister(self.kite.id)  # a Kontrol that stopped must not be found
+        if self.deregisters_self():
+            self.registry.deregister(self.kite.id)  # a Kontrol that stops must not be found
+
+    def _end_watches(self) -> None:
+        """The drain is over: from now on disconnects are Kontrol's doing (entries stay), and no
+        event goes to a watcher any more."""
+        self._closing = True
         for watchers in self._watchers.values():
             for watcher in watchers.values():
                 watcher.cancel()
         self._watchers.clear()
+
+    def close(self) -> None:
+        """Stop serving at once, stop refreshing, close the storage (registered kites stay until
+        their TTL, so that finding them has no gap while they move to another Kontrol)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._deregister_self()
+        self._end_watches()
+        self.registry.stop()
+        if self.dashboard is not None:
+            self.dashboard.close()
         self.kite.close()
         self.storage.close()
 

@@ -73,6 +73,8 @@ class Entry:
     written: bool = field(default=False)
     #: Taken over from the storage on a heartbeat (:meth:`Registry.seen`), not registered here.
     adopted: bool = field(default=False)
+    #: Wall-clock time (Unix seconds) it registered here, or was adopted; ``last_seen`` is monotonic.
+    registered_at: float = field(default_factory=time.time)
 
 
 class Registry:
@@ -114,6 +116,14 @@ class Registry:
 
     def __contains__(self, kite_id: str) -> bool:
         return kite_id in self._entries
+
+    def entry(self, kite_id: str) -> Entry | None:
+        """The live registration of ``kite_id`` here, or None (read-only: for views like the dashboard)."""
+        return self._entries.get(kite_id)
+
+    def entries(self) -> list[Entry]:
+        """Every live registration here (read-only)."""
+        return list(self._entries.values())
 
     # -- registration -------------------------------------------------------------------
 
@@ -157,7 +167,10 @@ class Registry:
         if record is None:
             return False
         now = time.monotonic()
-        self._entries[kite_id] = Entry(record.kite, record.url, record.key_id, HTTP, now, self._next(now),
+        # Refreshed at the next tick, not an update interval from now: the entry was last refreshed by
+        # the Kontrol that registered it, up to an update interval ago (and that one may be dead), so
+        # waiting another interval could let it expire -- and an adopted kite that expired is dropped.
+        self._entries[kite_id] = Entry(record.kite, record.url, record.key_id, HTTP, now, 0.0,
                                        written=True, adopted=True)
         log.debug("%s heartbeats here: adopted from the storage", record.kite)
         return True
@@ -169,8 +182,29 @@ class Registry:
             return
         try:
             self.storage.delete(entry.kite)
+        except StorageUnavailableError as exc:
+            # The storage is down for a moment (an etcd election, a lost quorum): keep trying, or the
+            # kite stays findable for up to a whole TTL (90 s by default) after it left.
+            log.warning("deleting %s failed (%s); retrying until its TTL would remove it", entry.kite, exc)
+            self._pool.spawn(self._delete_later, entry.kite, time.monotonic() + self.key_ttl)
         except StorageError as exc:
             log.warning("deleting %s failed (%s); it will expire by TTL", entry.kite, exc)
+
+    def _delete_later(self, kite: KiteIdentity, until: float) -> None:
+        """Retry deleting a kite that left, until ``until`` (when its TTL removes it anyway), unless it
+        registered again meanwhile."""
+        while time.monotonic() < until:
+            gevent.sleep(RETRY_DELAY * random.uniform(0.25, 0.75))
+            if kite.id in self._entries:
+                return  # back: its new registration is what counts
+            try:
+                self.storage.delete(kite)
+                return
+            except StorageUnavailableError:
+                continue
+            except StorageError as exc:
+                log.warning("deleting %s failed (%s); it will expire by TTL", kite, exc)
+                return
 
     # -- refreshing ---------------------------------------------------------------------
 

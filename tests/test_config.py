@@ -42,14 +42,19 @@ def test_every_kite_variable_is_read():
         "KITE_TIMEOUT": "1m30s",
         "KITE_HANDSHAKE_TIMEOUT": "2.5s",
         "KITE_PROXY_URL": "wss://proxy.example.com/kite",
+        "KITE_METRICS": "yes",
+        "KITE_LOG_FORMAT": "json",
+        "KITE_DRAIN_TIMEOUT": "20s",
     }
     assert set(env) == set(ENVIRONMENT_VARIABLES)
     c = Config().read_environment_variables(env)
+    assert (c.metrics, c.log_format) == (True, "json")
     assert (c.username, c.environment, c.region) == ("alice", "production", "eu-west")
     assert (c.ip, c.port, c.kontrol_url) == ("127.0.0.1", 6000, "https://kontrol.example.com/kite")
     assert c.transport == "xhr_polling"
     assert (c.verify_ttl, c.timeout, c.dial_timeout) == (90.0, 90.0, 2.5)
     assert c.proxy_url == "wss://proxy.example.com/kite"
+    assert c.drain_timeout == 20.0
     # empty values are ignored, as in Go
     assert Config().read_environment_variables({"KITE_USERNAME": ""}).username == "unknown"
 
@@ -63,6 +68,7 @@ def test_every_kite_variable_is_read():
         ("KITE_VERIFY_TTL", "5 minutes"),
         ("KITE_TIMEOUT", "-1s"),
         ("KITE_HANDSHAKE_TIMEOUT", "soon"),
+        ("KITE_DRAIN_TIMEOUT", "-5s"),
     ],
 )
 def test_a_bad_value_names_the_variable(name, value, monkeypatch):

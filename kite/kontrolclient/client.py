@@ -40,7 +40,7 @@ from . import heartbeat
 from .errors import KontrolError, NoKitesAvailableError, NoKontrolURLError, RegisterError
 from .keyrenewer import KeyRenewer
 from .proxyclient import PROXY_RETRY_INTERVAL
-from .tokenrenewer import TokenRenewer
+from .tokenrenewer import RENEW_BEFORE, RETRY_INTERVAL, TokenRenewer
 from .watch import Watcher
 
 if TYPE_CHECKING:
@@ -82,6 +82,10 @@ class KontrolClient:
         self.http_register_initial = HTTP_REGISTER_INITIAL
         self.http_register_multiplier = HTTP_REGISTER_MULTIPLIER
         self.http_register_max = HTTP_REGISTER_MAX
+        #: The token renewers of ``get_kites`` clients: renew this long before ``exp``, and retry a
+        #: failed renewal after this long (seconds; :mod:`kite.kontrolclient.tokenrenewer`).
+        self.token_renew_before = RENEW_BEFORE
+        self.token_retry_interval = RETRY_INTERVAL
         #: The URL ``register_forever`` keeps registered, and the last one Kontrol accepted.
         self.register_url: str | None = None
         self.last_registered_url: str | None = None
@@ -273,7 +277,7 @@ class KontrolClient:
             raise RegisterError(f"cannot register to {endpoint}: {exc}") from exc
         try:
             result = RegisterResult.from_wire(json.loads(text))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
             raise RegisterError(f"invalid register response from {endpoint} (HTTP {status}): {text[:200]!r}") from None
         if result.err:
             raise RegisterError(result.err)
@@ -349,7 +353,9 @@ class KontrolClient:
         client.kite = KiteIdentity.from_wire(entry["kite"])
         client.auth = Auth(TOKEN, entry["token"])
         try:
-            TokenRenewer(client, self._renewed_token).renew_when_expires()
+            renewer = TokenRenewer(client, self._renewed_token, renew_before=self.token_renew_before,
+                                   retry_interval=self.token_retry_interval)
+            renewer.renew_when_expires()
         except ValueError as exc:
             self.kite.log.error("Error in token. Token will not be renewed when it expires: %s", exc)
         return client

@@ -24,6 +24,7 @@ from .watch import Watcher
 
 if TYPE_CHECKING:
     from kite.client import Client
+    from kite.health import Health
     from kite.kite import Kite
 
 
@@ -32,6 +33,8 @@ class KontrolMethods:
 
     #: The link to Kontrol (set by :class:`~kite.Kite`).
     kontrol: KontrolClient
+    #: ``/healthz`` and ``/readyz`` (set by :class:`~kite.Kite`): registering makes readiness wait for it.
+    health: Health
 
     def setup_kontrol_client(self) -> Client:
         """The shared Kontrol connection (kiteKey auth, redialed forever), created on first use.
@@ -60,6 +63,7 @@ class KontrolMethods:
         Kontrol then drives the built-in ``kite.heartbeat`` on this connection.
         Raises the call's :class:`~kite.errors.KiteError` on failure.
         """
+        self.health.expect_registration()
         return self.kontrol.register(url)
 
     def register_forever(self, url: str) -> None:
@@ -70,6 +74,7 @@ class KontrolMethods:
         the first success, or raises the first failure while retrying goes on in
         the background (until :meth:`close`).
         """
+        self.health.expect_registration()
         self.kontrol.register_forever(url)
 
     def register_http(self, url: str) -> RegisterResult:
@@ -81,6 +86,7 @@ class KontrolMethods:
         kite). Needs a monkey-patched process (it uses ``requests``). Raises
         :class:`~kite.kontrolclient.RegisterError`.
         """
+        self.health.expect_registration()
         return self.kontrol.register_http(url)
 
     def register_http_forever(
@@ -96,6 +102,7 @@ class KontrolMethods:
         Waits 30 s after the first failure, then x1.7 per failure up to 5 min,
         each +-50 % at random (override per call, or via ``kontrol.http_register_*``).
         """
+        self.health.expect_registration()
         return self.kontrol.register_http_forever(
             url, initial=initial, multiplier=multiplier, max_interval=max_interval
         )
@@ -117,6 +124,7 @@ class KontrolMethods:
         ``kontrol.proxy_retry_interval`` seconds (10). Raises
         :class:`~kite.kontrolclient.NoKontrolURLError` at once without a Kontrol URL.
         """
+        self.health.expect_registration()
         ProxyRegistrar(self.kontrol, reverse_plan(self.kontrol, proxy_url, query, kite_url)).run()
 
     def register_to_tunnel(self, query: Any = None) -> None:
@@ -132,6 +140,7 @@ class KontrolMethods:
         like an incoming connection (its calls are authenticated as usual). Reconnects and
         retries as :meth:`register_to_proxy`.
         """
+        self.health.expect_registration()
         ProxyRegistrar(self.kontrol, tunnel_plan(self.kontrol, query)).run()
 
     def register_url(self, local: bool = True) -> str:

@@ -172,7 +172,15 @@ class TokenRenewer:
         With ``stale``, nothing is fetched when the client's token already
         differs from it (another greenlet renewed meanwhile). Raises whatever the
         token source raises, or ``ValueError`` for a token without ``exp``.
+        Counted in the kite's ``kite_token_renewals_total`` when its metrics are on.
         """
+        try:
+            return self._renew(stale)
+        except Exception:
+            self.client.local_kite.metrics.count_token_renewal(False)
+            raise
+
+    def _renew(self, stale: str | None) -> str:
         with self._lock:
             current = self._current_key()
             if stale is not None and current and current != stale:
@@ -188,5 +196,6 @@ class TokenRenewer:
             self._retry_at = None
             self._last_renewal = self.clock()
             self.client._token_renewed(token)
+            self.client.local_kite.metrics.count_token_renewal(True)
             self._wake.set()  # reschedule the loop for the new expiry
             return token

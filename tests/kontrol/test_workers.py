@@ -123,7 +123,8 @@ def test_the_workers_share_the_port_and_a_killed_one_loses_no_kite(tmp_path, etc
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         out = proc.stdout.read()
-        assert "2 workers serving" in out and "restarting it" in out and "kontrol stopped" in out
+        for line in ("2 workers serving", "restarting it", "kontrol stopped"):
+            assert line in out, f"{line!r} not in the supervisor's output:\n{out}"
         assert not any(os.path.exists(f"/proc/{pid}") for pid in workers - {victim})
     finally:
         if proc.poll() is None:
