@@ -4,16 +4,14 @@ Invariant: on any received JSON value, each ``Value``/``Arguments`` accessor ret
 or raises ``ArgumentError``.
 """
 
-import sys
-
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from kite.arguments import Arguments, Value
-    from kite.errors import KiteError, ProtocolError
     from kite.wire import jsoncodec
 
-ALLOWED = (ProtocolError, KiteError)
+ALLOWED = harness.ALLOWED
 GETTERS = ("one", "must_slice", "must_map", "must_string", "must_float64", "must_int", "must_bool", "must_function")
 
 
@@ -36,10 +34,5 @@ def TestOneInput(data: bytes) -> None:
             pass
 
 
-def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)

@@ -5,18 +5,16 @@ Invariant: for any decoded dnode message, ``serve_call`` never raises and answer
 once through a callable response callback, with ``{"error", "result"}``.
 """
 
-import sys
-
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from kite import testutil
     from kite.calls import serve_call
     from kite.client import Client
-    from kite.errors import KiteError, ProtocolError
     from kite.wire import dnode
 
-ALLOWED = (ProtocolError, KiteError)
+ALLOWED = harness.ALLOWED
 
 KITE = testutil.new_kite("fuzzed", username="alice")
 KITE.handle_func("square", lambda r: r.args.one().must_float64() ** 2)
@@ -44,10 +42,5 @@ def TestOneInput(data: bytes) -> None:
         assert len(replies) == 1, replies
 
 
-def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)

@@ -4,15 +4,13 @@ Invariant: ``decode_message`` returns a message or raises ``RemoteProtocolError`
 of what it returned never raises; ``jsoncodec.loads`` raises only its ``DECODE_ERRORS``.
 """
 
-import sys
-
 import atheris
+import harness
 
 with atheris.instrument_imports():
-    from kite.errors import KiteError, ProtocolError
     from kite.wire import dnode, jsoncodec
 
-ALLOWED = (ProtocolError, KiteError)
+ALLOWED = harness.ALLOWED
 
 
 def TestOneInput(data: bytes) -> None:
@@ -27,10 +25,5 @@ def TestOneInput(data: bytes) -> None:
     dnode.unscrub(msg.arguments, msg.callbacks, lambda cb_id: cb_id)
 
 
-def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)

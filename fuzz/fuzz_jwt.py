@@ -5,16 +5,14 @@ Invariant: any string given as a token or kite key is decoded or refused with
 ``token_expiry``, ``kite_key_claims`` and a kite's ``verify_token``/``verify_kite_key``.
 """
 
-import sys
-
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from kite import auth, testutil
-    from kite.errors import KiteError, ProtocolError
     from kite.wire import jws
 
-ALLOWED = (ProtocolError, KiteError)
+ALLOWED = harness.ALLOWED
 KITE = testutil.new_kite("math", username="alice")
 
 
@@ -34,10 +32,5 @@ def TestOneInput(data: bytes) -> None:
             pass
 
 
-def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)

@@ -7,17 +7,16 @@ libFuzzer, ``-timeout``, reports a slow input).
 """
 
 import json
-import sys
 
 import atheris
+import harness
 
 with atheris.instrument_imports():
-    from kite.errors import KiteError, ProtocolError
     from kite.wire.protocol import KiteIdentity
     from kontrol import handlers
     from kontrol.storage.version import Constraints
 
-ALLOWED = (ProtocolError, KiteError)
+ALLOWED = harness.ALLOWED
 KITE = KiteIdentity("math", "alice", "id", "prod", "eu", "1.2.3", "host")
 
 
@@ -39,10 +38,5 @@ def TestOneInput(data: bytes) -> None:
     query.scan_prefix()
 
 
-def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)

@@ -5,9 +5,9 @@ errors: never an exception (a 500 traceback).
 """
 
 import json
-import sys
 
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from kite.config import Config
@@ -33,10 +33,5 @@ def TestOneInput(data: bytes) -> None:
             assert isinstance(json.loads(answer.body)["err"], str)
 
 
-def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)

@@ -6,9 +6,9 @@ raise only their documented ``ValueError`` (their callers turn it into ``Invalid
 """
 
 import json
-import sys
 
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from kite.wire.protocol import KiteIdentity, RegisterResult, parse_get_kites_result
@@ -32,10 +32,5 @@ def TestOneInput(data: bytes) -> None:
             pass
 
 
-def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)

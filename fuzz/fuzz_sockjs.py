@@ -5,15 +5,13 @@ Invariant: ``decode_server_frame`` (what a dialing client reads) and ``decode_cl
 raise ``RemoteProtocolError``, for bytes and for text.
 """
 
-import sys
-
 import atheris
+import harness
 
 with atheris.instrument_imports():
-    from kite.errors import KiteError, ProtocolError
     from kite.wire import sockjs
 
-ALLOWED = (ProtocolError, KiteError)
+ALLOWED = harness.ALLOWED
 
 
 def TestOneInput(data: bytes) -> None:
@@ -26,10 +24,5 @@ def TestOneInput(data: bytes) -> None:
                 pass
 
 
-def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)

@@ -4,15 +4,13 @@ Invariant: on both sides (masked frames on a server, unmasked on a client), any 
 anywhere give events or a ``FrameError`` (a ``RemoteProtocolError``).
 """
 
-import sys
-
 import atheris
+import harness
 
 with atheris.instrument_imports():
-    from kite.errors import KiteError, ProtocolError
     from kite.wire import wsframes
 
-ALLOWED = (ProtocolError, KiteError)
+ALLOWED = harness.ALLOWED
 #: A small limit, so that "message too big" is reachable.
 MAX_MESSAGE = 4096
 
@@ -32,10 +30,5 @@ def TestOneInput(data: bytes) -> None:
     except ALLOWED:
         pass
 
-def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)

@@ -4,9 +4,8 @@ Invariant: any response bytes are split, parsed and accepted, or refused with
 ``HandshakeError`` (the error a refused upgrade raises).
 """
 
-import sys
-
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from kite.wire import wshandshake
@@ -27,10 +26,5 @@ def TestOneInput(data: bytes) -> None:
         pass
 
 
-def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)

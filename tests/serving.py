@@ -29,6 +29,18 @@ def serve(app, server_class=None, **kwargs):
         server.stop(timeout=1)
 
 
+@contextlib.contextmanager
+def running_kontrol(kontrol):
+    """Serve ``kontrol`` in a greenlet for the block (it must start within 5 s); closed after it."""
+    server = gevent.spawn(kontrol.run)
+    try:
+        assert kontrol.kite.server_ready_notify().wait(5), "Kontrol did not start"
+        yield kontrol
+    finally:
+        kontrol.close()
+        server.join(timeout=5)
+
+
 def serve_kite(k):
     """Run kite ``k`` in a greenlet; return it once it serves (within 5 s)."""
     gevent.spawn(k.run)

@@ -15,7 +15,6 @@ import os
 import shutil
 from collections.abc import Iterator
 
-import gevent
 import pytest
 import requests
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
@@ -23,6 +22,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_play
 from examples.browser.server import DEFAULT_BUNDLE, BrowserDemo
 from kite import Config, testutil
 from kontrol import Kontrol
+from tests.serving import running_kontrol
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 #: Longest wait for one DOM condition (a page load with its calls takes ~0.3 s).
@@ -45,13 +45,8 @@ def kontrol() -> Iterator[Kontrol]:
     config = Config()
     config.username, config.ip, config.port = "koding", "127.0.0.1", 0
     k = Kontrol(config, "memory")
-    server = gevent.spawn(k.run)
-    try:
-        assert k.kite.server_ready_notify().wait(5), "Kontrol did not start"
+    with running_kontrol(k):
         yield k
-    finally:
-        k.close()
-        server.join(timeout=5)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import requests
 from kite import Config, Kite
 from kite.transport import wsgi
 from kontrol import Kontrol
-from tests.serving import serve_kite
+from tests.serving import running_kontrol, serve_kite
 
 #: Header and body timeouts of the servers under test, seconds (the defaults are 10 s and 60 s).
 HEADER_TIMEOUT = 1.0
@@ -60,13 +60,8 @@ def kontrol() -> Iterator[Kontrol]:
     config = configure(Config())
     config.username = "koding"
     k = Kontrol(config, "memory")
-    server = gevent.spawn(k.run)
-    try:
-        assert k.kite.server_ready_notify().wait(5), "Kontrol did not start"
+    with running_kontrol(k):
         yield k
-    finally:
-        k.close()
-        server.join(timeout=5)
 
 
 @pytest.fixture(scope="module")

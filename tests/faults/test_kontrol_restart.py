@@ -9,10 +9,8 @@ gone within the key TTL.
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import gevent
@@ -22,7 +20,7 @@ from kite import testkeys
 from tests.faults.conftest import load_seconds
 from tests.faults.kontrol_load import Load, figures_line, new_kite, serve, stored_ids, summary_line, wait_for
 from tests.faults.kontrol_process import STORAGE_TIMEOUT, KontrolProcess
-from tests.kontrol.conftest import FAST, EtcdServer, _scratch_dir
+from tests.kontrol.conftest import FAST, EtcdServer, etcd_server  # noqa: F401 - the fixture
 
 #: Seconds from Kontrol serving again until every kite is found, every token renews and getToken
 #: works: the kites redial within ``reconnect_max_interval`` (1 s) and register, HTTP kites
@@ -39,22 +37,10 @@ STEADY = 1.0
 SETUP_TIMEOUT = 20.0
 
 
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    scratch = _scratch_dir(tmp_path_factory)
-    server = EtcdServer(scratch / "data")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def storage_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "sqlite":
         return str(tmp_path / "kontrol.db")
-    server: EtcdServer = request.getfixturevalue("etcd")
+    server: EtcdServer = request.getfixturevalue("etcd_server")
     return f"etcd://127.0.0.1:{server.client_port}/restart-{uuid.uuid4().hex[:8]}"
 
 

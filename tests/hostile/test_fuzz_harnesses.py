@@ -3,6 +3,7 @@ of seed inputs without raising, outside atheris's engine (skipped without atheri
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,8 @@ SEEDS = [
 
 
 def load(path: Path):
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))  # as when run as a script: its folder's harness.py
     spec = importlib.util.spec_from_file_location(f"fuzz_harness_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -61,6 +64,6 @@ def test_there_is_a_harness_per_parser_family():
 @pytest.mark.parametrize("path", HARNESSES, ids=lambda path: path.stem)
 def test_harness_takes_the_seeds(path, signed_seeds):
     harness = load(path)
-    assert callable(harness.main)
+    assert 'harness.fuzz(TestOneInput)' in path.read_text()  # what running it as a script does
     for seed in [*SEEDS, *signed_seeds]:
         harness.TestOneInput(seed)

@@ -31,6 +31,7 @@ from kontrol.dashboard import blueprint, check_password, feed, hash_password
 from kontrol.dashboard.feed import parse_filter
 from kontrol.dashboard.login import SESSION_COOKIE
 from kontrol.storage import InvalidQueryError, KontrolQuery, open_storage
+from tests.serving import running_kontrol
 
 from .conftest import FAST, EtcdServer, make_kite, start_kontrol, wait_until
 
@@ -66,13 +67,8 @@ def kontrol(password_file: str) -> Iterator[Kontrol]:
     config = Config()
     config.username, config.ip, config.port = "koding", "127.0.0.1", 0
     k = Kontrol(config, "memory", dashboard=True, dashboard_password_file=password_file, **FAST)
-    server = gevent.spawn(k.run)
-    try:
-        assert k.kite.server_ready_notify().wait(5), "Kontrol did not start"
+    with running_kontrol(k):
         yield k
-    finally:
-        k.close()
-        server.join(timeout=5)
 
 
 def base(kontrol: Kontrol) -> str:
