@@ -78,7 +78,11 @@ def handle_register(kontrol: Kontrol, r: Request) -> dict[str, Any]:
     _require_kite_key(r)
     arg = _first_arg(r)
     url = validate_url(arg.get("url") if isinstance(arg, dict) else None)
-    pair, extra = resolve_key_pair(kontrol, r.auth.key)
+    try:
+        pair, extra = resolve_key_pair(kontrol, r.auth.key)
+    except StorageError as exc:  # the key pairs could not be read: not the caller's fault, nor its business
+        log.error("register %s: key pair lookup: %s", r.username, exc)
+        raise GenericError("internal error - register") from None
     kite = KiteIdentity(**r.client.kite.to_wire())
     kite.username = r.username
     try:

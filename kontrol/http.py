@@ -77,10 +77,16 @@ def register_answer(kontrol: Kontrol, raw: bytes) -> Answer:
         username = kontrol.kite.verifier.verify_kite_key(key)
     except KiteError as exc:
         return _error(401, exc.message)
+    except StorageError as exc:  # deciding whether to trust the key's Kontrol key needed the storage
+        log.error("HTTP register: key pair lookup: %s", exc)
+        return _error(500, "internal error - register")
     try:
         pair, extra = resolve_key_pair(kontrol, key)
     except KiteError as exc:
         return _error(400, exc.message)
+    except StorageError as exc:
+        log.error("HTTP register %s: key pair lookup: %s", username, exc)
+        return _error(500, "internal error - register")
     kite = KiteIdentity.from_wire(body.get("kite"))
     kite.username = username
     try:

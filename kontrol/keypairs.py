@@ -22,10 +22,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kite.auth import KeyNotTrustedError
+from kite.errors import GenericError
 
-from .storage import KeyPair, KeyPairDeletedError, KeyPairExistsError, KeyPairNotFoundError, Storage
+from .storage import KeyPair, KeyPairDeletedError, KeyPairExistsError, KeyPairNotFoundError, Storage, StorageError
 
 log = logging.getLogger("kontrol.keypairs")
+
+#: What a caller is told when the key pairs cannot be read (the storage is down): not its details.
+STORAGE_DOWN_MESSAGE = "internal error - kontrol cannot read its keys"
 
 #: Bits of the RSA keys Kontrol generates (what ``openssl genrsa`` gives by default).
 RSA_BITS = 2048
@@ -155,6 +159,9 @@ class KeyPairs:
             self.by_public(public, allow_deleted=True)
         except KeyPairNotFoundError:
             raise KeyNotTrustedError() from None
+        except StorageError as exc:  # not cached: the next call asks again; the caller never sees where etcd is
+            log.error("checking a kite's Kontrol key: %s", exc)
+            raise GenericError(STORAGE_DOWN_MESSAGE) from None
 
     def sign(self, claims: dict[str, Any], pair: KeyPair) -> str:
         """An RS256 JWT of ``claims`` signed with ``pair``."""

@@ -89,7 +89,17 @@ class Supervisor:
         return 0
 
     def _start(self, index: int) -> None:
-        pid = os.fork()
+        # The stop signals are held back across the fork: one arriving between the fork and the
+        # child's SIG_DFL below would run the supervisor's inherited handler in the child and be lost
+        # (the child then served on, unstopped). Held, it is delivered once the child's default is in.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            raise
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         if pid == 0:  # the worker: the supervisor's state is not its own
             self.workers.clear()
             self._stopping = True
@@ -99,6 +109,7 @@ class Supervisor:
                 handle.cancel()
             for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             status = 1
             try:
                 status = self._run_worker(index)

@@ -97,24 +97,26 @@ class CallLog:
         self.window_latencies: list[float] = []
         self.window_errors: Counter[str] = Counter()
         self.window_calls = 0
-        self._open: dict[int, float] = {}  # call number -> monotonic start
+        self._open: dict[int, tuple[float, float]] = {}  # call number -> (monotonic start, its timeout)
         self._next = 0
 
-    def start(self) -> int:
+    def start(self, timeout: float | None = None) -> int:
+        """A call starts (``timeout``: its own, when not the log's)."""
         number = self._next
         self._next += 1
-        self._open[number] = time.monotonic()
+        self._open[number] = (time.monotonic(), self.timeout if timeout is None else timeout)
         self.started += 1
         return number
 
     def end(self, number: int, outcome: str) -> None:
-        started = self._open.pop(number, None)
-        if started is None:
+        opened = self._open.pop(number, None)
+        if opened is None:
             self.ended_twice += 1
             return
+        started, timeout = opened
         elapsed = time.monotonic() - started
         self.ended += 1
-        self.max_overrun = max(self.max_overrun, elapsed - self.timeout)
+        self.max_overrun = max(self.max_overrun, elapsed - timeout)
         self.outcomes[outcome] += 1
         self.window_calls += 1
         if outcome == "ok":
@@ -180,10 +182,12 @@ class LoadGen:
         result.rawlink(lambda r: self.calls.end(number, "ok" if r.successful() else outcome_of(r.exception)))
 
     def start_pending(self, client: Client) -> None:
-        """``--pending`` calls that are never answered, each with a callback argument."""
+        """``--pending`` calls that are never answered, each with a callback argument; their timeout,
+        ``--pending-timeout``, must outlast the load (a soak's too), or they end before the fault."""
+        timeout = self.args.pending_timeout or self.args.call_timeout
         for _ in range(self.args.pending):
-            number = self.calls.start()
-            self.track(client.go_with_timeout("hang", self.args.call_timeout, lambda *a: None), number)
+            number = self.calls.start(timeout)
+            self.track(client.go_with_timeout("hang", timeout, lambda *a: None), number)
 
     def start_push(self, client: Client) -> None:
         """Ask the server to push ``--push`` characters at a time to us, until the session ends."""
@@ -336,6 +340,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=1)
     ap.add_argument("--call-timeout", type=float, default=20.0)
     ap.add_argument("--pending", type=int, default=0, help="never-answered calls per client")
+    ap.add_argument("--pending-timeout", type=float, default=None,
+                    help="the timeout of the --pending calls (default: --call-timeout)")
     ap.add_argument("--no-calls", dest="calls", action="store_false", help="no echo load, only pending calls")
     ap.add_argument("--interval", type=float, default=0.0, help="seconds between a client's calls")
     ap.add_argument("--push", type=int, default=0, help="ask the server to push callbacks of this many characters")

@@ -29,6 +29,7 @@ from .conftest import (
     TRANSPORTS,
     assert_accounting,
     figures,
+    load_seconds,
     process_env,
 )
 
@@ -62,7 +63,8 @@ PENDING = 2
 
 def loadgens(processes, kites, *args: str) -> list:
     """One loadgen per transport against ``kites`` (label, proc, url), all started at once and ready."""
-    gens = [processes.loadgen(url, transport, raw, "--clients", str(CLIENTS), "--pending", str(PENDING), *args)
+    pending = ("--pending", str(PENDING), "--pending-timeout", str(load_seconds() + CALL_TIMEOUT))
+    gens = [processes.loadgen(url, transport, raw, "--clients", str(CLIENTS), *pending, *args)
             for (_, transport, raw), (_, url) in zip(TRANSPORTS, kites, strict=True)]
     for gen in gens:
         gen.wait_event("ready")
