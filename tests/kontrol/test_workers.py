@@ -64,16 +64,24 @@ def test_memory_and_sqlite_run_one_process():
 
 
 def children(pid: int) -> set[int]:
-    """The pids of ``pid``'s child processes (from /proc)."""
+    """The pids of ``pid``'s forked workers (from /proc): its child processes running its own command
+    line and not yet exited (zombies and any other child, say a short-lived helper, left out)."""
     found = set()
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return found
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    same_command = f.read() == cmdline
             except OSError:
                 continue
-            if int(fields[1]) == pid:
+            if int(fields[1]) == pid and fields[0] != "Z" and same_command:
                 found.add(int(entry))
     return found
 
@@ -96,6 +104,7 @@ def test_the_workers_share_the_port_and_a_killed_one_loses_no_kite(tmp_path, etc
     try:
         wait_until(lambda: len(children(proc.pid)) == 2 and _answers(base), 30, lambda: "2 workers never served")
         workers = children(proc.pid)
+        assert len(workers) == 2, workers
         kites = []
         for _ in range(60):  # each over a connection of its own: the kernel spreads them over the workers
             k = Kite("math", "1.0.0")
