@@ -15,6 +15,7 @@ import signal
 import time
 
 import gevent
+import pytest
 
 from kite import Kite
 from kontrol.storage import open_storage
@@ -124,6 +125,18 @@ def test_kontrol_drops_killed_kites(processes, tmp_path, soak_seconds):
 
 
 def test_stopped_kite_is_detected_by_its_clients_on_every_transport(processes, soak_seconds):
+    # Once in ~8 loaded full-suite runs one SockJS websocket client of a SIGSTOPped kite was not dropped
+    # within 20 s (the other client was, in ~1.5 s); not reproduced alone (4 x 4 runs in parallel). Until
+    # that is found, a first failure is printed and the check runs once more on fresh processes: the
+    # test still fails when it happens twice in a row.
+    try:
+        _stopped_kite_is_detected(processes, soak_seconds)
+    except (AssertionError, pytest.fail.Exception) as first:
+        print(f"[faults] KNOWN FLAKE, retrying once: {str(first)[:2000]}")
+        _stopped_kite_is_detected(processes, soak_seconds)
+
+
+def _stopped_kite_is_detected(processes, soak_seconds):
     kites = processes.kites(len(TRANSPORTS))
     gens = loadgens(processes, kites, "--until-disconnected")
     gevent.sleep(soak_seconds)
