@@ -236,11 +236,12 @@ class Replica:
         # Our own writes up to the listing that the feed never brought: announce them now (the
         # ones after it stay pending; the feed resumes past the listing and brings them).
         changed = {(e.action, e.kite.id) for e in changes}
+        own = []
         for kid, event in list(self._unannounced.items()):
             if event.revision <= revision:
                 del self._unannounced[kid]
-                if (event.action, kid) not in changed:
-                    changes.append(KiteEvent(event.action, event.kite, event.url, event.key_id, revision))
+                own.append(KiteEvent(event.action, event.kite, event.url, event.key_id, revision))
+        changes += [e for e in own if (e.action, e.kite.id) not in changed]
         newer = [(record, rev) for record, rev in self._kites.values() if rev > revision]
         buried = [(kid, rev) for kid, (rev, _when) in self._tombstones.items() if rev > revision]
         self._kites.clear()
@@ -262,6 +263,11 @@ class Replica:
                 self._publish(event)
             log.info("%s: listed %d kites at revision %d (%d changes published)", self.name, len(fresh), revision,
                      len(changes))
+        else:
+            # The first listing is the starting point, not news -- except our own writes made before it
+            # finished: a watcher may have been there already (watch, then upsert, before the first list).
+            for event in own:
+                self._publish(event)
 
     def stop(self) -> None:
         """Stop following (the feed's connection closes as its greenlet dies)."""

@@ -288,3 +288,28 @@ def test_a_refresh_of_our_own_write_is_one_keep_alive_and_safe_when_another_writ
     assert calls[0] == "/lease/keepalive" and "/kv/range" in calls
     direct.delete(kite(7))
     assert not replicated.refresh(kite(7), 30)
+
+
+def test_own_writes_made_before_the_first_listing_finished_are_announced():
+    """A watcher registered, then a write acknowledged before the replica's first listing was in: the
+    listing holds the kite (so the feed, resuming after it, never brings it) and the first listing
+    publishes nothing of itself -- the write must still reach the watcher. (Seen in CI: a watch, two
+    upserts, and only one REGISTER.)"""
+    written = record(1, url="http://mine/kite")
+    script = Script(10, [(written, 9), (record(2), 5)])
+    listing = gevent.event.Event()
+    list_all = script.list_all
+
+    def slow_list():
+        listing.wait(2)  # the write lands while the listing is under way
+        return list_all()
+
+    replica = Replica("test", slow_list, script.follow, script.published.append)
+    try:
+        replica.wrote(written, 9)  # acknowledged at revision 9, before the listing (at 10) comes back
+        listing.set()
+        assert replica.ready.wait(2)
+        assert [(e.action, e.kite.id) for e in script.published] == [(REGISTER, "id-1")]  # not id-2: not news
+        assert replica.get_by_id("id-1") == written and len(replica) == 2
+    finally:
+        replica.stop()
