@@ -105,6 +105,26 @@ def _log(path: str) -> str:
         return f.read()
 
 
+def stop_gunicorn(proc: subprocess.Popen) -> None:
+    """Stop a gunicorn started in a session of its own, and reap every process of it.
+
+    SIGTERM to the master only: it stops and reaps its workers (an open XHR poll keeps a worker
+    busy until --graceful-timeout), then exits; SIGKILL to the group if it does not within 10 s,
+    and again as a safety net: nothing of its process group may outlive the test."""
+    members = [pid for pid in _group_members(proc.pid) if pid != proc.pid]
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    _reap(members)
+
+
 @pytest.fixture(scope="module", params=list(WORKERS))
 def gunicorn_url(request):
     """Start gunicorn with the math kite; yield its ``http://127.0.0.1:P/kite`` URL; always kill it."""
@@ -134,21 +154,7 @@ def gunicorn_url(request):
                 gevent.sleep(0.05)
             yield url
         finally:
-            # SIGTERM to the master only: it stops and reaps its worker (an open XHR poll keeps
-            # the worker busy until --graceful-timeout), then exits
-            members = [pid for pid in _group_members(proc.pid) if pid != proc.pid]
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=5)
-            # safety net: nothing of this process group may outlive the test
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            _reap(members)
+            stop_gunicorn(proc)
             with contextlib.suppress(OSError):
                 os.unlink(log_path)
 

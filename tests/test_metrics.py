@@ -26,9 +26,8 @@ from tests.test_gunicorn import (
     STARTUP_TIMEOUT,
     _child_subreaper,
     _control_socket_args,
-    _group_members,
-    _reap,
     free_port,
+    stop_gunicorn,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,7 +272,6 @@ def gunicorn_metrics(tmp_path):
     with _child_subreaper():
         proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
-        members: list[int] = []
         try:
             base = f"http://127.0.0.1:{port}"
             with gevent.Timeout(STARTUP_TIMEOUT, AssertionError("gunicorn did not start")):
@@ -287,19 +285,7 @@ def gunicorn_metrics(tmp_path):
                     gevent.sleep(0.05)
             yield base, proc
         finally:
-            members = [pid for pid in _group_members(proc.pid) if pid != proc.pid]
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=5)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            _reap(members)
+            stop_gunicorn(proc)
             log.close()
 
 
