@@ -7,6 +7,8 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import socket  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -17,3 +19,13 @@ def kite_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("kite_home")
     monkeypatch.setenv("KITE_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def dead_port():
+    """A port of 127.0.0.1 where nothing listens, for the whole test: bound, never listening, so a
+    connection is refused and no other test process (the suite runs three at once) can take it --
+    a port merely found free and released can be listening again, with a kite on it, a moment later."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]

@@ -381,10 +381,10 @@ def test_get_key_and_key_renewer(kontrol, new_kite):
     assert len(kontrol.calls_of("getKey")) == count and not renewer.running
 
 
-def test_dial_kite_fails_over(kontrol, new_kite, math, monkeypatch):
+def test_dial_kite_fails_over(kontrol, new_kite, math, monkeypatch, dead_port):
     dead = KiteIdentity("math", "alice", "dead-id", "prod", "unknown", "1.0.0", "gone")
     kontrol.registrations = {}
-    kontrol.add_kite(dead.to_wire(), f"http://127.0.0.1:{free_port()}/kite")
+    kontrol.add_kite(dead.to_wire(), f"http://127.0.0.1:{dead_port}/kite")
     kontrol.add_kite(math.kite().to_wire(), math.url)
     monkeypatch.setattr(kontrolclient.random, "shuffle", lambda items: None)  # the dead one first
 
@@ -422,8 +422,8 @@ def test_watch_kites(kontrol, new_kite, math):
     assert len(events) == 2
 
 
-def test_unreachable_or_unconfigured_kontrol(new_kite):
-    k = new_kite("app", f"http://127.0.0.1:{free_port()}/kite", timeout=0.3)
+def test_unreachable_or_unconfigured_kontrol(new_kite, dead_port):
+    k = new_kite("app", f"http://127.0.0.1:{dead_port}/kite", timeout=0.3)
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="Timed out registering to kontrol for getKey method after 0.3s"):
         k.tell_kontrol_with_timeout("getKey", 1)

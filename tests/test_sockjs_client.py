@@ -210,17 +210,9 @@ def test_garbage_frame_from_server_ends_session():
 # -- failures ------------------------------------------------------------------------------------
 
 
-def _free_port():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
 @pytest.mark.parametrize("transport", ["websocket", "xhr_polling", "xhr_streaming", "auto"])
-def test_connection_refused(transport):
-    url = f"http://127.0.0.1:{_free_port()}/kite"
+def test_connection_refused(transport, dead_port):
+    url = f"http://127.0.0.1:{dead_port}/kite"
     with pytest.raises(DialError) as info:
         dial(url, transport=transport, timeout=2)
     assert url in str(info.value)

@@ -47,7 +47,6 @@ from tests.faults.kontrol_load import (
     wait_for,
 )
 from tests.faults.kontrol_process import STORAGE_TIMEOUT, KontrolProcess
-from tests.kontrol.conftest import free_port
 
 #: Seconds from a member's death until everything works again: the pool fails over on the
 #: first refused connection; a leader's death costs an election (~1-2 election timeouts of
@@ -288,13 +287,13 @@ def test_tokens_renew_while_entries_vanish(kind: str, healthy: EtcdCluster, tmp_
 
 
 @pytest.mark.parametrize("kind", ["etcd", "etcd2"])
-def test_every_member_named_is_used(kind: str, healthy: EtcdCluster) -> None:
+def test_every_member_named_is_used(kind: str, healthy: EtcdCluster, dead_port: int) -> None:
     """``--machines`` and storage URLs keep every member (before: the first only), and a storage whose
     first member is dead answers through the next one."""
     args = argparse.Namespace(storage=kind, machines=f"http://{healthy.endpoints.replace(',', ',http://')}")
     assert storage_url(args) == f"{kind}://{healthy.endpoints}"
     assert etcd_members("a:1,b,:3") == [("a", 1), ("b", ETCD_DEFAULT_PORT), ("127.0.0.1", 3)]
-    dead = f"127.0.0.1:{free_port()}"
+    dead = f"127.0.0.1:{dead_port}"
     options = {"replica": False} if kind == "etcd" else {}
     storage = open_storage(f"{kind}://{dead},{healthy.endpoints}/{unique_prefix(kind)}", timeout=STORAGE_TIMEOUT,
                            **options)

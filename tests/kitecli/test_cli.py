@@ -201,8 +201,8 @@ def test_ping_json_lines_and_interrupt(math):
     assert "ping statistics" in out and "Traceback" not in err
 
 
-def test_ping_unreachable_exits_2():
-    assert kitecli("ping", f"127.0.0.1:{free_port()}", "-c", "1").code == 2
+def test_ping_unreachable_exits_2(dead_port):
+    assert kitecli("ping", f"127.0.0.1:{dead_port}", "-c", "1").code == 2
 
 
 # -- Kontrol: query, watch, register, showkey ------------------------------------------
@@ -252,10 +252,10 @@ def test_query_lists_matching_kites_as_a_table_or_json(kontrol, alice_key):
         math.close()
 
 
-def test_query_without_a_kontrol_or_with_one_down(kite_home):
+def test_query_without_a_kontrol_or_with_one_down(kite_home, dead_port):
     r = kitecli("query")
     assert r.code == 64 and "no Kontrol to ask" in r.err
-    r = kitecli("query", "--kontrol", f"127.0.0.1:{free_port()}", "--username", "x", "--timeout", "1s")
+    r = kitecli("query", "--kontrol", f"127.0.0.1:{dead_port}", "--username", "x", "--timeout", "1s")
     assert r.code == 2 and r.err.startswith("kitecli: cannot reach Kontrol at ")
 
 
