@@ -25,7 +25,7 @@ from urllib3.connection import HTTPConnection
 from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
 from .base import KiteEvent, KiteRecord, QueryLike, Storage, WatchCallback, Watcher, check_kite
-from .errors import StorageError
+from .errors import StorageError, StorageUnavailableError
 from .query import KontrolQuery
 from .replica import KEEPALIVE_OPTIONS, Replica
 from .watch import EventPump, WatchHub
@@ -228,9 +228,16 @@ class EtcdStorageBase(Storage):
         """The change feed of the kites from revision ``start`` (see :data:`kontrol.storage.watch.Follow`)."""
 
     def watch(self, query: QueryLike, callback: WatchCallback) -> Watcher:
+        """Watch from now: with a replica, from its position (no round trip), once its first listing
+        is in -- a watcher older than that listing would miss what the listing took in silently."""
         q = KontrolQuery.coerce(query).validate()
-        revision = self._revision()
-        watcher = self._hub.add(q, callback, after_revision=revision)
+        if self.replica is not None:
+            if not self.replica.listed.wait(self._timeout):
+                raise StorageUnavailableError(f"etcd at {self._where}: the kites are not listed yet")
+            revision, seen = self.replica.position()
+        else:
+            revision, seen = self._revision(), {}
+        watcher = self._hub.add(q, callback, after_revision=revision, seen=seen)
         if self._pump is None and self.replica is None:  # the replica publishes every change itself
             name = f"{self._feed_name} watch {self._where}{self._kites}"
             self._pump = EventPump(name, self._follow, revision + 1, self._hub.publish)

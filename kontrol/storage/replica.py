@@ -14,6 +14,10 @@ Consistency:
   process reads its own writes; the feed's copy of the same change, or any older one, is
   then ignored (each kite remembers the revision it was last changed at, deleted ones for
   :data:`TOMBSTONE_SECONDS`).
+* **Watchers** start at the replica's position (:meth:`~Replica.position`, once
+  :attr:`~Replica.listed`): every change after it reaches them through ``publish`` -- from
+  the feed, from a re-list, or an own write the feed never brought -- except our own writes
+  that reads already showed when they started.
 * **Lost feed**: while the stream is down the replica is not :attr:`~Replica.ready` and the
   backend reads etcd directly; it resumes from the last revision seen. A stream that dies
   silently (no reset) is found by TCP keep-alive (:data:`KEEPALIVE_OPTIONS`, ~11 s).
@@ -87,6 +91,9 @@ class Replica:
         self._unannounced: dict[str, KiteEvent] = {}
         #: Set while the replica is in sync with etcd (listed, and its feed connected).
         self.ready = Event()
+        #: Set once the first listing is in: from then on :attr:`next_revision` - 1 is a position
+        #: a watcher can start from (every later change is published).
+        self.listed = Event()
         #: The revision the feed resumes from.
         self.next_revision = 0
         #: Times the replica listed every kite (1 at start, +1 per compaction).
@@ -118,15 +125,23 @@ class Replica:
 
     def wrote(self, record: KiteRecord, revision: int) -> None:
         """Our own write of ``record``, acknowledged by etcd at ``revision``: visible at once."""
-        if self.put(record, revision):
+        if self.put(record, revision) and revision >= self.next_revision:
             self._unannounced[record.kite.id] = KiteEvent(REGISTER, record.kite, record.url, record.key_id, revision)
 
     def deleted(self, kite: KiteIdentity, revision: int) -> None:
         """Our own delete of ``kite``, acknowledged by etcd at ``revision``."""
         current = self._kites.get(kite.id)
-        if self.remove(kite, revision) and current is not None:
+        if self.remove(kite, revision) and current is not None and revision >= self.next_revision:
             record = current[0]
             self._unannounced[kite.id] = KiteEvent(DEREGISTER, kite, record.url, record.key_id, revision)
+
+    def position(self) -> tuple[int, dict[str, int]]:
+        """Where a watcher starts: the revision every change up to which was published, and our own
+        changes after it that reads already show (kite id -> revision; their events are not news)."""
+        return self.next_revision - 1, {kid: event.revision for kid, event in self._unannounced.items()}
+
+    # An own change at a revision below :attr:`next_revision` is not kept to announce: the listing or
+    # the feed that took the replica past it already carried it (and the feed will not bring it again).
 
     def put(self, record: KiteRecord, revision: int) -> bool:
         """Store ``record`` changed at ``revision`` unless a later change of it is known; True if stored."""
@@ -220,35 +235,34 @@ class Replica:
     def _relist(self) -> None:
         """List every kite, replace the replica with them and publish what changed.
 
-        Changes newer than the listing (our own writes, made while it was under way) are kept.
+        Changes newer than the listing (our own writes, made while it was under way) are kept. The
+        first listing publishes nothing: it is the starting point, and no watcher is older than it
+        (the backends' ``watch`` waits for it). A later one (after a compaction) publishes our own
+        changes the feed never brought, then the difference between the replica and the listing.
         """
         revision, listing = self._list_all()
         fresh = {record.kite.id: (record, rev) for record, rev in listing}
-        changes = []
-        for kid, (record, _rev) in list(self._kites.items()):
+        newer = {kid: entry for kid, entry in self._kites.items() if entry[1] > revision}
+        buried = [(kid, rev) for kid, (rev, _when) in self._tombstones.items() if rev > revision]
+        later = {*newer, *(kid for kid, _rev in buried)}  # changed after the listing: the feed brings them
+        events = []
+        for kid, event in list(self._unannounced.items()):
+            if event.revision <= revision:  # the ones after the listing stay: the feed resumes past it
+                del self._unannounced[kid]
+                events.append(event)
+        for kid, (record, _rev) in self._kites.items():
             new = fresh.get(kid)
-            if new is None or new[0].kite != record.kite:
-                changes.append(KiteEvent(DEREGISTER, record.kite, record.url, record.key_id, revision))
+            if kid not in later and (new is None or new[0].kite != record.kite):
+                events.append(KiteEvent(DEREGISTER, record.kite, record.url, record.key_id, revision))
         for kid, (record, _rev) in fresh.items():
             old = self._kites.get(kid)
-            if old is None or old[0] != record:
-                changes.append(KiteEvent(REGISTER, record.kite, record.url, record.key_id, revision))
-        # Our own writes up to the listing that the feed never brought: announce them now (the
-        # ones after it stay pending; the feed resumes past the listing and brings them).
-        changed = {(e.action, e.kite.id) for e in changes}
-        own = []
-        for kid, event in list(self._unannounced.items()):
-            if event.revision <= revision:
-                del self._unannounced[kid]
-                own.append(KiteEvent(event.action, event.kite, event.url, event.key_id, revision))
-        changes += [e for e in own if (e.action, e.kite.id) not in changed]
-        newer = [(record, rev) for record, rev in self._kites.values() if rev > revision]
-        buried = [(kid, rev) for kid, (rev, _when) in self._tombstones.items() if rev > revision]
+            if kid not in later and (old is None or old[0] != record):
+                events.append(KiteEvent(REGISTER, record.kite, record.url, record.key_id, revision))
         self._kites.clear()
         self._buckets.clear()
         self._by_user.clear()
         self._tombstones.clear()
-        for record, rev in [*fresh.values(), *newer]:
+        for record, rev in [*fresh.values(), *newer.values()]:
             self.put(record, rev)
         for kid, rev in buried:
             current = self._kites.get(kid)
@@ -259,15 +273,11 @@ class Replica:
         self.next_revision = revision + 1
         self.lists += 1
         if self.lists > 1:
-            for event in changes:
+            for event in events:
                 self._publish(event)
             log.info("%s: listed %d kites at revision %d (%d changes published)", self.name, len(fresh), revision,
-                     len(changes))
-        else:
-            # The first listing is the starting point, not news -- except our own writes made before it
-            # finished: a watcher may have been there already (watch, then upsert, before the first list).
-            for event in own:
-                self._publish(event)
+                     len(events))
+        self.listed.set()
 
     def stop(self) -> None:
         """Stop following (the feed's connection closes as its greenlet dies)."""

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import gevent
 from gevent.queue import Queue
@@ -38,11 +38,13 @@ _STOP = object()
 class HubWatcher(Watcher):
     """A watcher registered with a :class:`WatchHub`."""
 
-    def __init__(self, hub: WatchHub, query: KontrolQuery, callback: WatchCallback, after_revision: int) -> None:
+    def __init__(self, hub: WatchHub, query: KontrolQuery, callback: WatchCallback, after_revision: int,
+                 seen: Mapping[str, int] | None = None) -> None:
         self._hub = hub
         self.query = query
         self._callback = callback
         self._after_revision = after_revision
+        self._seen = seen or {}
         self._active = True
         self._queue: Queue = Queue()
         self._greenlet = gevent.spawn(self._deliver)
@@ -54,6 +56,9 @@ class HubWatcher(Watcher):
     def offer(self, event: KiteEvent) -> None:
         """Queue ``event`` if it matches and is newer than this watcher's start."""
         if not self._active or (event.revision and event.revision <= self._after_revision):
+            return
+        seen = self._seen.get(event.kite.id)
+        if seen is not None and event.revision <= seen:
             return
         if not self.query.matches(event.kite):
             return
@@ -87,9 +92,11 @@ class WatchHub:
         self._watchers: list[HubWatcher] = []
         self._on_empty = on_empty
 
-    def add(self, query: KontrolQuery, callback: WatchCallback, after_revision: int = 0) -> HubWatcher:
-        """Register a watcher; events with a revision ``<= after_revision`` are not for it."""
-        watcher = HubWatcher(self, query, callback, after_revision)
+    def add(self, query: KontrolQuery, callback: WatchCallback, after_revision: int = 0,
+            seen: Mapping[str, int] | None = None) -> HubWatcher:
+        """Register a watcher; events with a revision ``<= after_revision`` are not for it, nor those of
+        a kite in ``seen`` (id -> revision) up to that revision (changes it could already read)."""
+        watcher = HubWatcher(self, query, callback, after_revision, seen)
         self._watchers.append(watcher)
         return watcher
 

@@ -17,6 +17,7 @@ import requests
 
 from kite.wire.protocol import KiteIdentity
 from kontrol.storage import DEREGISTER, REGISTER, KiteEvent, KiteRecord, KontrolQuery
+from kontrol.storage.errors import StorageUnavailableError
 from kontrol.storage.etcd import EtcdStorage
 from kontrol.storage.replica import Replica
 from kontrol.storage.watch import FeedGap
@@ -290,26 +291,103 @@ def test_a_refresh_of_our_own_write_is_one_keep_alive_and_safe_when_another_writ
     assert not replicated.refresh(kite(7), 30)
 
 
-def test_own_writes_made_before_the_first_listing_finished_are_announced():
-    """A watcher registered, then a write acknowledged before the replica's first listing was in: the
-    listing holds the kite (so the feed, resuming after it, never brings it) and the first listing
-    publishes nothing of itself -- the write must still reach the watcher. (Seen in CI: a watch, two
-    upserts, and only one REGISTER.)"""
-    written = record(1, url="http://mine/kite")
-    script = Script(10, [(written, 9), (record(2), 5)])
-    listing = gevent.event.Event()
-    list_all = script.list_all
-
-    def slow_list():
-        listing.wait(2)  # the write lands while the listing is under way
-        return list_all()
-
-    replica = Replica("test", slow_list, script.follow, script.published.append)
+def test_a_watch_waits_for_the_first_listing_then_starts_at_the_replicas_position(location, monkeypatch):
+    """A watcher older than the replica's first listing would miss what the listing took in silently
+    (seen in CI twice: a watch, then upserts acknowledged while the listing was under way -- the
+    listing held a kite, the feed resumed past it, no REGISTER). So ``watch`` waits for that listing,
+    then watches from the replica's position, without a round trip to etcd."""
+    release = gevent.event.Event()
+    list_kites = EtcdStorage._list_kites
+    monkeypatch.setattr(EtcdStorage, "_list_kites", lambda self: (release.wait(5), list_kites(self))[1])
+    storage = EtcdStorage(**location)
     try:
-        replica.wrote(written, 9)  # acknowledged at revision 9, before the listing (at 10) comes back
-        listing.set()
-        assert replica.ready.wait(2)
-        assert [(e.action, e.kite.id) for e in script.published] == [(REGISTER, "id-1")]  # not id-2: not news
-        assert replica.get_by_id("id-1") == written and len(replica) == 2
+        events: list[KiteEvent] = []
+        watching = gevent.spawn(storage.watch, KontrolQuery(username="alice"), events.append)
+        gevent.sleep(0.3)
+        assert not watching.ready()  # still listing: the watch waits
+        release.set()
+        watching.get(timeout=5)
+        assert storage.replica.listed.is_set()
+        requests_made = []
+        original = storage._post
+        storage._post = lambda *a, **kw: requests_made.append(a) or original(*a, **kw)
+        storage.watch(KontrolQuery(username="alice"), events.append).cancel()
+        assert requests_made == []  # the replica's position, not etcd's revision
+        storage._post = original
+        for i in range(3):
+            storage.upsert(kite(i), f"http://{i}/kite")
+        wait_until(lambda: len(events) >= 3, 5)
+        gevent.sleep(0.2)
+        assert [(e.action, e.kite.id) for e in events] == [(REGISTER, f"id-{i}") for i in range(3)]
+    finally:
+        release.set()
+        storage.close()
+
+
+def test_a_watch_refuses_while_the_first_listing_is_not_in(location, monkeypatch):
+    release = gevent.event.Event()
+    list_kites = EtcdStorage._list_kites
+    monkeypatch.setattr(EtcdStorage, "_list_kites", lambda self: (release.wait(5), list_kites(self))[1])
+    storage = EtcdStorage(**location, timeout=0.3)
+    try:
+        with pytest.raises(StorageUnavailableError, match="not listed yet"):
+            storage.watch(KontrolQuery(username="alice"), lambda event: None)
+    finally:
+        release.set()
+        storage.close()
+
+
+def test_own_writes_the_listing_already_took_in_are_not_announced_again():
+    """A write acknowledged (revision 9) after the listing that holds it (10) came back: the feed
+    resumes past it, and a later listing must not announce it once more."""
+    written = record(1, url="http://mine/kite")
+    script = Script(10, [(written, 9)])
+    replica = started(script)
+    try:
+        replica.wrote(written, 9)
+        replica.deleted(kite(2), 8)  # a delete of an unknown kite: nothing
+        assert replica.get_by_id("id-1") == written
+        script.listing = (14, [(written, 9)])
+        script.batches.put("compacted")
+        wait_until(lambda: replica.lists == 2, 2)
+        assert script.published == []
+    finally:
+        replica.stop()
+
+
+def test_a_listing_after_a_compaction_tells_own_writes_before_what_happened_to_them():
+    """Our write at 12, deleted by another writer at 13, the feed compacted past both: the watchers
+    hear the REGISTER, then the DEREGISTER (the kite is gone), not the reverse."""
+    script = Script(10, [])
+    replica = started(script)
+    try:
+        replica.wrote(record(2), 12)
+        script.listing = (14, [])
+        script.batches.put("compacted")
+        wait_until(lambda: replica.lists == 2, 2)
+        assert [(e.action, e.kite.id) for e in script.published] == [(REGISTER, "id-2"), (DEREGISTER, "id-2")]
+        assert replica.get_by_id("id-2") is None
+    finally:
+        replica.stop()
+
+
+def test_a_listing_announces_nothing_of_own_changes_made_after_it():
+    """While a re-list (at 14) is under way we write a kite (20) and delete a listed one (21): the
+    listing lacks the first and holds the second, but both are newer than it -- the feed brings them,
+    the listing must not announce a DEREGISTER or a REGISTER of its stale view."""
+    script = Script(10, [(record(1), 5)])
+    replica = started(script)
+    try:
+        go = gevent.event.Event()
+        script.list_all = lambda: (go.wait(2), (14, [(record(1), 5)]))[1]
+        script.batches.put("compacted")
+        wait_until(lambda: not replica.ready.is_set(), 2)
+        gevent.sleep(0)
+        replica.wrote(record(3), 20)
+        replica.deleted(kite(1), 21)
+        go.set()
+        wait_until(lambda: replica.lists == 2, 2)
+        assert script.published == []
+        assert replica.get_by_id("id-3") is not None and replica.get_by_id("id-1") is None
     finally:
         replica.stop()
