@@ -423,3 +423,26 @@ def test_recv_texts_takes_what_one_read_brought_and_control_frames_are_still_han
         assert ws.recv_texts() == ["one", "two", "three"]
         ws.close()
         assert ws.recv_texts() is None
+
+
+def test_the_watchdog_drops_a_silent_peer_but_not_one_whose_bytes_wait_unread():
+    """Silence means nothing came from the peer -- not that our reader has not read yet: a loaded
+    process may run the watchdog's timer before the reader's wake-up (CI dropped a live probe client
+    in a 500-client reconnect storm). Bytes the kernel holds for us count as the peer speaking."""
+    ours, theirs = socket.socketpair()
+    ws = WebSocket(gevent.socket.socket(fileno=ours.detach()), client=True)  # the peer: a server (no mask)
+    pings = []
+    try:
+        theirs.sendall(b"\x81\x02hi")  # a frame nobody reads: the reader is busy elsewhere
+        ws.watch_liveness(0.3, lambda: pings.append(1))
+        gevent.sleep(1.0)  # more than three silent ticks
+        assert not ws.closed and pings  # pinged (nothing read), never dropped
+        assert ws.recv_text() == "hi"  # the reader catches up; now the peer is silent for real
+        started = gevent.get_hub().loop.now()
+        while not ws.closed and gevent.get_hub().loop.now() - started < 2:
+            gevent.sleep(0.05)
+        assert ws.closed and ws.close_code == websocket.CLOSE_ABNORMAL
+        assert 0.2 <= gevent.get_hub().loop.now() - started <= 1.0
+    finally:
+        ws.abort()
+        theirs.close()

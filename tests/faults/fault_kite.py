@@ -21,6 +21,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -132,6 +133,9 @@ def main() -> int:
     ap.add_argument("--max-backlog", type=int, default=None, help="characters queued per session before it closes")
     ap.add_argument("--register", choices=("websocket", "http"), default=None)
     args = ap.parse_args()
+    # Warnings, and the connections the dead-peer watchdog drops (for a test's failure report).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("kite.transport.websocket").setLevel(logging.INFO)
     k = Kite("faults", "1.0.0")
     c = k.config
     c.ip, c.port = "127.0.0.1", args.port

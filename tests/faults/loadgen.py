@@ -30,6 +30,7 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 from collections import Counter  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -248,10 +249,30 @@ class LoadGen:
                 self.stop.set()
             gevent.sleep(CONNECTED_POLL)
 
+    def dump_state(self) -> None:
+        """SIGUSR1: print each client's connection state and every greenlet's stack (for a test that
+        waited too long for a disconnect: what the client was doing instead)."""
+        clients = []
+        for client in self.clients:
+            conn = client._conn
+            session = conn.session if conn is not None else None
+            ws = getattr(session, "_ws", None)
+            clients.append({
+                "connected": client.connected,
+                "session": repr(session),
+                "session_closed": getattr(session, "_closed", None),
+                "ws": None if ws is None else {
+                    "torn_down": ws._torn_down.is_set(), "read_done": ws._read_done, "reads": ws._reads,
+                    "close_code": ws.close_code, "watchdog": None if ws._watchdog is None else ws._watchdog.active},
+            })
+        stacks = ["".join(traceback.format_stack(g.gr_frame))[-1500:] for g in _alive() if g.gr_frame is not None]
+        emit("state", clients=clients, still_open=self.calls.still_open, stacks=stacks)
+
     def run(self) -> int:
         time_limit = gevent.spawn_later(self.args.max_seconds, self.stop.set)
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, self.stop.set)
+        gevent.signal_handler(signal.SIGUSR1, self.dump_state)
         greenlets_before, rss_before = live_greenlets(), rss_kib()
         self.dial_all()
         for client in self.clients:

@@ -13,8 +13,9 @@ import signal
 import time
 
 import gevent
+import pytest
 
-from kite import Kite
+from kite import Kite, KiteError
 from kite.connection import DEFAULT_MAX_CONCURRENT_CALLS, MAX_QUEUED_CALLS
 from kite.transport.session import BACKLOG_CLOSE_CODE, BACKLOG_CLOSE_REASON
 from tests.kontrol.conftest import free_port
@@ -115,7 +116,7 @@ def test_reconnect_storm_after_a_restart(processes, soak_seconds):
     gevent.sleep(soak_seconds)
     os.kill(kite_proc.pid, signal.SIGKILL)
     kite_proc.proc.wait()
-    _, url = processes.kite("--port", str(port))
+    restarted, url = processes.kite("--port", str(port))
     serving = time.time()
     probe_ms = []
     with Kite("probe", "1.0.0").new_client(url) as probe:
@@ -124,7 +125,14 @@ def test_reconnect_storm_after_a_restart(processes, soak_seconds):
 
         while None in back() and time.time() - serving < STORM_RECOVERY_BOUND + 10:
             started = time.monotonic()
-            probe.tell_with_timeout("echo", CALL_TIMEOUT, 1)
+            try:
+                probe.tell_with_timeout("echo", CALL_TIMEOUT, 1)
+            except KiteError as e:  # what ended the probe's session, and what the kite logged
+                session = probe._conn.session if probe._conn is not None else None
+                ws = getattr(session, "_ws", None)
+                closed = (ws.close_code, ws.close_reason) if ws is not None else None
+                pytest.fail(f"probe call failed {time.time() - serving:.2f} s after the restart: {e!r}; its "
+                            f"websocket closed with {closed}; kite output:\n{restarted.output[-3000:]}")
             probe_ms.append((time.monotonic() - started) * 1000)
             gevent.sleep(0.05)
     recovered = [event["t"] - serving if event else None for event in back()]
