@@ -334,8 +334,8 @@ class WebSocket:
     def _unread_bytes(self) -> int:
         """Bytes the kernel holds for us that the reader has not taken yet (0 if unknown)."""
         try:
-            return len(self._received) + struct.unpack("i", fcntl.ioctl(self._sock.fileno(), termios.FIONREAD,
-                                                                          b"\0\0\0\0"))[0]
+            pending = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            return len(self._received) + int(struct.unpack("i", pending)[0])
         except (OSError, ValueError):
             return 0
 
