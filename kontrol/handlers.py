@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -54,6 +55,13 @@ def validate_url(url: Any) -> str:
     return url
 
 
+@functools.lru_cache(maxsize=4096)
+def _claims_of(kite_key: str) -> dict[str, Any]:
+    """A verified kite key's claims, decoded once per key (a fleet registers with few keys, again
+    and again). Shared: callers must not change the dict."""
+    return decode_jwt(kite_key).claims
+
+
 def resolve_key_pair(kontrol: Kontrol, kite_key: str) -> tuple[KeyPair, dict[str, str]]:
     """The pair a kite key belongs to, re-signing the key if that pair was retired (§5.7, §7.2).
 
@@ -62,7 +70,7 @@ def resolve_key_pair(kontrol: Kontrol, kite_key: str) -> tuple[KeyPair, dict[str
     whose cached verdict the caller's authentication left (no second RSA check per register).
     """
     kontrol.kite.verifier.verify_kite_key(kite_key)
-    claims = decode_jwt(kite_key).claims
+    claims = _claims_of(kite_key)
     public = claims.get("kontrolKey", "")
     try:
         return kontrol.keypairs.by_public(public), {}

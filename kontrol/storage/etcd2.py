@@ -13,9 +13,10 @@ A Go Kontrol and this backend can share one etcd (<= 3.5, started with
   outside Go's tree (Go keeps its key pairs elsewhere).
 
 TTLs are etcd v2 TTLs (whole seconds); a refresh uses ``refresh=true``, which
-watchers do not see. v2 has no multi-key transactions: the two kite keys are
-written one after the other (id key first; its previous value tells us the old
-path when the identity changed).
+watchers do not see. v2 has no multi-key transactions: a registration writes the
+two kite keys at once, unless this instance last wrote the kite with another
+identity: then one after the other (id key first; its previous value names the old
+path, deleted before the new one is written, so watchers see the change in order).
 
 Watches long-poll ``/kites`` recursively (``wait=true&waitIndex=n``) in one greenlet
 per storage instance, resuming at the next index after errors.
@@ -32,11 +33,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import etcd
+import gevent
 
 from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
@@ -80,7 +83,33 @@ UNAVAILABLE_STATUSES = (500, 502, 503, 504)
 _WRITE_ACTIONS = {"set", "create", "update", "compareAndSwap"}
 _REMOVE_ACTIONS = {"delete", "expire", "compareAndDelete"}
 
+#: Kites whose last written identity an instance remembers (see ``Etcd2Storage._written``).
+MAX_REMEMBERED_KITES = 100_000
+
 T = TypeVar("T")
+U = TypeVar("U")
+
+
+def _both(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
+    """Run ``second`` in another greenlet while ``first`` runs here; both results, or the first error
+    (once both have ended)."""
+    outcome: list[Any] = []
+
+    def run_second() -> None:
+        try:
+            outcome.append((True, second()))
+        except BaseException as e:  # handed to the caller below
+            outcome.append((False, e))
+
+    other = gevent.spawn(run_second)
+    try:
+        result = first()
+    finally:
+        other.join()
+    ok, value = outcome[0] if outcome else (False, StorageError("interrupted"))
+    if not ok:
+        raise value
+    return result, value
 
 
 def _segment(value: str) -> str:
@@ -127,6 +156,9 @@ class Etcd2Storage(common.EtcdStorageBase):
         self._kites = f"{root}/kites"
         self._keys = f"{root}/kontrol/keys"
         self._publics = f"{root}/kontrol/key-publics"
+        #: Kite id -> the identity this instance last wrote for it (the newest
+        #: :data:`MAX_REMEMBERED_KITES`): tells :meth:`upsert` when it may write both keys at once.
+        self._written: OrderedDict[str, KiteIdentity] = OrderedDict()
 
     # -- transport ----------------------------------------------------------------------
 
@@ -193,18 +225,41 @@ class Etcd2Storage(common.EtcdStorageBase):
         _check_v2_key(kite)
 
     def upsert(self, kite: KiteIdentity, url: str, key_id: str = "", ttl: float | None = None) -> None:
+        """Write the id key and the path key. Both at once for a kite this instance never wrote (nearly
+        always a new one) or wrote with the same identity; after an identity change, one after the
+        other: the id key's previous value names the old path, deleted before the new path is written,
+        so watchers hear DEREGISTER old, then REGISTER new. If the parallel writes find that another
+        writer gave the id another identity, the old path goes and the new one is deleted and written
+        again: the new identity's REGISTER comes last."""
         self._check_registration(kite, url)
         ttl = check_ttl(ttl)
         seconds = whole_seconds(ttl) if ttl is not None else None
-        path_key = self._path_key(kite)
+        path_key, id_key = self._path_key(kite), self._id_key(kite.id)
         id_value = json.dumps({"url": url, "key_id": key_id, "kite": str(kite)}, separators=(",", ":"))
-        result = self._call(self._client.write, self._id_key(kite.id), id_value, ttl=seconds)
+        value = common.kite_value(url, key_id)
+        known = self._written.get(kite.id)
+        parallel = known is None or known == kite
+        if parallel:
+            result, _ = _both(lambda: self._call(self._client.write, id_key, id_value, ttl=seconds),
+                              lambda: self._call(self._client.write, path_key, value, ttl=seconds))
+        else:
+            result = self._call(self._client.write, id_key, id_value, ttl=seconds)
         prev = result.prev_node
-        if prev is not None:
-            old = self._identity_of(kite.id, prev.value, kite)
-            if old is not None and self._path_key(old) != path_key:
-                self._delete(self._path_key(old))
-        self._call(self._client.write, path_key, common.kite_value(url, key_id), ttl=seconds)
+        old = self._identity_of(kite.id, prev.value, kite) if prev is not None else None
+        moved = old is not None and self._path_key(old) != path_key
+        if moved:
+            self._delete(self._path_key(old))
+            if parallel:  # the new path went first: delete it too (a same-value rewrite is no event)
+                self._delete(path_key)
+        if moved or not parallel:
+            self._call(self._client.write, path_key, value, ttl=seconds)
+        self._remember(kite)
+
+    def _remember(self, kite: KiteIdentity) -> None:
+        self._written[kite.id] = kite
+        self._written.move_to_end(kite.id)
+        if len(self._written) > MAX_REMEMBERED_KITES:
+            self._written.popitem(last=False)
 
     def refresh(self, kite: KiteRef, ttl: float | None) -> bool:
         ttl = check_ttl(ttl)
@@ -231,6 +286,7 @@ class Etcd2Storage(common.EtcdStorageBase):
 
     def delete(self, kite: KiteRef) -> bool:
         kid = kite_id(kite)
+        self._written.pop(kid, None)
         removed = self._delete(self._id_key(kid))
         if removed is None and not isinstance(kite, KiteIdentity):
             return False

@@ -61,6 +61,41 @@ def test_v2_reads_what_a_go_kontrol_wrote(etcd_server: EtcdServer, prefix: str) 
         assert recorder.actions() == [(REGISTER, kite.id), (DEREGISTER, kite.id)]
 
 
+def test_v2_writes_both_keys_at_once_and_still_ends_on_the_new_identity(etcd_server: EtcdServer, prefix: str) -> None:
+    """A registration writes the two v2 keys in parallel unless this instance last wrote the kite
+    with another identity. When another writer had given the id another identity (this instance
+    could not know), the old path is deleted and the new one written again: the new identity is the
+    last word for a watcher, and only its path stays."""
+    url = f"etcd2://127.0.0.1:{etcd_server.client_port}{prefix}"
+    raw = etcd.Client(host="127.0.0.1", port=etcd_server.client_port)
+    with open_storage(url) as ours, open_storage(url) as other:
+        kite = make_kite()
+        recorder = Recorder()
+        ours.watch({"id": kite.id}, recorder)
+        writes = []
+        write = ours._client.write
+        ours._client.write = lambda key, *a, **kw: writes.append(key) or write(key, *a, **kw)
+        ours.upsert(kite, "http://a/kite", "key-1", ttl=LONG_TTL)
+        assert sorted(writes) == sorted([f"{prefix}/kites{kite}", f"{prefix}/kites/{kite.id}"])
+        moved = make_kite(id=kite.id, hostname="worker-9")
+        other.upsert(moved, "http://b/kite", "key-1", ttl=LONG_TTL)  # another writer moves it, unaware
+        recorder.wait_for(lambda events: len(events) >= 4)
+        ours._client.write = write
+        again = make_kite(id=kite.id, hostname="worker-5")
+        ours.upsert(again, "http://c/kite", "key-1", ttl=LONG_TTL)  # ours last wrote worker-1: in order
+        recorder.wait_for(lambda events: len(events) >= 6)
+        ours.upsert(kite, "http://a/kite", "key-1", ttl=LONG_TTL)  # the same: in order
+        recorder.wait_for(lambda events: len(events) >= 9)
+        assert [(e.action, e.kite.hostname) for e in recorder.events] == [
+            (REGISTER, "worker-1"),
+            (REGISTER, "worker-9"), (DEREGISTER, "worker-1"), (DEREGISTER, "worker-9"), (REGISTER, "worker-9"),
+            (DEREGISTER, "worker-9"), (REGISTER, "worker-5"),
+            (DEREGISTER, "worker-5"), (REGISTER, "worker-1"),
+        ]
+        assert [r.kite for r in ours.get({"username": "alice"})] == [kite]
+        assert json.loads(raw.read(f"{prefix}/kites/{kite.id}").value)["kite"] == str(kite)
+
+
 def test_v3_layout_and_leases(etcd_server: EtcdServer, prefix: str) -> None:
     raw = Etcd3Client(host="127.0.0.1", port=etcd_server.client_port)
     kite = make_kite()
