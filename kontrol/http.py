@@ -118,7 +118,8 @@ def blueprint(kontrol: Kontrol) -> Blueprint:
 
     @bp.route("/register", methods=["POST"])
     def register() -> Response:
-        return _flask(register_answer(kontrol, request.get_data(cache=False)))
+        # More than the cap is refused: never read it all (whatever server the app runs under).
+        return _flask(register_answer(kontrol, request.stream.read(MAX_REGISTER_BODY + 1)))
 
     @bp.route("/heartbeat", methods=["GET"])
     def heartbeat() -> Response:

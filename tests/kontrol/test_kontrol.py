@@ -295,6 +295,39 @@ def test_a_kite_registering_while_get_kites_reads_still_reaches_the_watcher(kont
     bc.close()
 
 
+def test_an_oversized_register_body_is_refused_unread_by_the_blueprint_too(kontrol):
+    """A Flask app mounting the blueprint (under any WSGI server) reads at most the cap of a
+    ``POST /register`` body, as Kontrol's own route does, and answers 400."""
+    import io
+
+    from flask import Flask
+
+    from kontrol.http import MAX_REGISTER_BODY, blueprint
+
+    class Counting(io.BytesIO):
+        taken = 0
+
+        def read(self, size=-1):
+            data = super().read(size)
+            Counting.taken += len(data)
+            return data
+
+        def readinto(self, buffer):
+            count = super().readinto(buffer)
+            Counting.taken += count
+            return count
+
+    app = Flask("mounted")
+    app.register_blueprint(blueprint(kontrol))
+    size = 16 * 1024 * 1024
+    answer = app.test_client().post("/register", input_stream=Counting(b"[" * size), content_length=size,
+                                    content_type="application/json")
+    assert answer.status_code == 400 and "wrong register input" in answer.get_data(as_text=True)
+    assert Counting.taken <= MAX_REGISTER_BODY + 1
+    served = requests.post(http_base(kontrol) + "/register", data=b"[" * size, timeout=10)
+    assert (served.status_code, served.text) == (answer.status_code, answer.get_data(as_text=True))
+
+
 def test_the_fast_http_routes_answer_exactly_as_the_blueprint(kontrol):
     """Kontrol serves /register and /heartbeat without Flask; a Flask app mounting the blueprint gets
     the same status, content type and body for every input."""
