@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KITEJS := tests/interop/kitejs
 
-.PHONY: test lint run bench bench-kontrol bench-instructions soak fuzz clean deps etcd-server postgresql chromium
+.PHONY: test lint run bench bench-kontrol bench-kontrol-wrk bench-instructions soak fuzz clean deps etcd-server postgresql chromium
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ bench-instructions: deps
 # 3 alternating rounds): ~20 minutes. BENCH_KONTROL_ARGS="--quick" (~4 min), "--storage etcd", "--baseline none".
 bench-kontrol: deps
 	$(PY) bench/kontrol_scale.py $(BENCH_KONTROL_ARGS)
+
+# Kontrol's HTTP register/heartbeat under wrk (Debian's; a C load generator): one process against
+# --workers N and 8e8e5a0, fresh etcd / PostgreSQL per run, 3 alternating rounds: ~10 minutes.
+bench-kontrol-wrk: deps etcd-server postgresql
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(PY) bench/kontrol_wrk.py --baseline 8e8e5a0 $(BENCH_KONTROL_WRK_ARGS)
 
 # The fault-and-load suite held for 10 minutes per test instead of seconds, figures printed (tests/faults).
 SOAK_SECONDS ?= 600
