@@ -17,7 +17,6 @@ Imported after ``monkey.patch_all()``, like ``common``.
 from __future__ import annotations
 
 import atexit
-import base64
 import functools
 import logging
 import os
@@ -34,12 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import common
-import requests
 from gevent import monkey
 
 ETCD_START_TIMEOUT = 30.0
-#: Seconds an HTTP request to etcd may take.
-REQUEST_TIMEOUT = 30.0
 
 
 # --------------------------------------------------------------------------- trees: which code a process runs
@@ -220,22 +216,6 @@ class Etcd:
             self.stop()
             raise RuntimeError(f"{failure}: {self.log_tail()}")
 
-    def clear_v3(self, prefix: str) -> None:
-        """Delete every v3 key under ``prefix``."""
-        def b64(b: bytes) -> str:
-            return base64.b64encode(b).decode()
-
-        key = prefix.encode()
-        body = {"key": b64(key), "range_end": b64(key[:-1] + bytes([key[-1] + 1]))}
-        requests.post(self.url + "/v3/kv/deleterange", json=body, timeout=REQUEST_TIMEOUT).raise_for_status()
-
-    def clear_v2(self, prefix: str) -> None:
-        """Delete the v2 directory ``prefix``, recursively."""
-        r = requests.delete(f"{self.url}/v2/keys{prefix}", params={"recursive": "true", "dir": "true"},
-                            timeout=REQUEST_TIMEOUT)
-        if r.status_code not in (200, 404):
-            r.raise_for_status()
-
     def log_tail(self, size: int = 800) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-size:]
@@ -308,11 +288,14 @@ class Postgres:
 
 class Sites:
     """The storage servers the runs share -- one etcd for etcd and etcd2, one PostgreSQL --
-    started on first use; every run gets a fresh location on them and clears it afterwards."""
+    started on first use; every run gets a fresh location on them (a fresh etcd, a fresh
+    database) and clears it afterwards."""
 
     def __init__(self, scratch: Path, unpin_it: bool):
         self.scratch, self.unpin = scratch, unpin_it
         self.etcd: Etcd | None = None
+        self._etcd_dir = scratch
+        self._etcd_runs = 0
         self.postgres: Postgres | None = None
 
     def unavailable(self, kind: str) -> str:
@@ -326,10 +309,20 @@ class Sites:
     def start(self, kind: str) -> None:
         """Start the server ``kind`` needs (RuntimeError if it cannot)."""
         if kind in ("etcd", "etcd2") and self.etcd is None:
-            self.etcd = Etcd(self._dir("etcd"), self.unpin)
+            self._fresh_etcd()
         if kind == "postgres" and self.postgres is None:
             os.chmod(self.scratch, 0o711)  # PostgreSQL runs as its own user (we may be root)
             self.postgres = Postgres(self._dir("postgres"), self.unpin)
+
+    def _fresh_etcd(self) -> None:
+        """Stop etcd (if running) and start an empty one, in a new data dir."""
+        if self.etcd is not None:
+            self.etcd.stop()
+            shutil.rmtree(self._etcd_dir, ignore_errors=True)
+            self.etcd = None
+        self._etcd_runs += 1
+        self._etcd_dir = self._dir(f"etcd-{self._etcd_runs}")
+        self.etcd = Etcd(self._etcd_dir, self.unpin)
 
     def _dir(self, name: str) -> Path:
         d = self.scratch / name
@@ -351,10 +344,10 @@ class Sites:
             shutil.rmtree(self.scratch / f"sqlite-{run}", ignore_errors=True)
         elif kind == "postgres":
             self.postgres.drop(location)
-        elif kind == "etcd":
-            self.etcd.clear_v3(f"/kb-{run}/")
         else:
-            self.etcd.clear_v2(f"/kb2-{run}")
+            # A fresh etcd for the next run: deleting the run's keys would leave its leases (v3) or TTL keys
+            # (v2) expiring, which costs etcd a good part of a core for minutes, in the next runs.
+            self._fresh_etcd()
 
     def stop(self) -> None:
         for server in (self.postgres, self.etcd):

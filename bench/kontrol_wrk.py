@@ -49,7 +49,7 @@ from typing import Any  # noqa: E402
 
 import common  # noqa: E402
 from kontrol_scale import ENVIRONMENT, REGION, USER, VERSION, KontrolProcess, Plan  # noqa: E402
-from kontrol_setup import Etcd, Sites, baseline_tree, current_tree, install_cleanup, scratch_dir  # noqa: E402
+from kontrol_setup import Sites, baseline_tree, current_tree, install_cleanup, scratch_dir  # noqa: E402
 
 SHARED_STORAGES = ("etcd", "etcd2", "postgres")
 #: Registry timings of the served Kontrol (seconds): heartbeats are due every 10 s, so the bench's
@@ -228,11 +228,6 @@ class Unsupported(Exception):
 def one_run(kind: str, workers: int, sites: Sites, tree: Any, scripts: dict[str, Path],
             opts: argparse.Namespace) -> dict[str, Phase]:
     run = uuid.uuid4().hex[:8]
-    if kind in ("etcd", "etcd2"):
-        # A fresh etcd per run: the leases of an earlier run's kites expiring cost etcd CPU for minutes.
-        folder = sites.scratch / f"etcd-{run}"
-        folder.mkdir()
-        sites.etcd = Etcd(folder, False)
     location = sites.open(kind, run)
     tree.workers = workers
     plan = Plan(kites=0, quick=False, timings=TIMINGS, seconds=opts.seconds, ws_kites=0, rounds=1, pin=False)
@@ -249,12 +244,7 @@ def one_run(kind: str, workers: int, sites: Sites, tree: Any, scripts: dict[str,
         return {"register": register, "heartbeat": heartbeat}
     finally:
         kontrol.stop()
-        if kind in ("etcd", "etcd2") and sites.etcd is not None:
-            sites.etcd.stop()
-            shutil.rmtree(sites.scratch / f"etcd-{run}", ignore_errors=True)
-            sites.etcd = None
-        else:
-            sites.clear(kind, run, location)
+        sites.clear(kind, run, location)  # the next run gets a fresh etcd / database
 
 
 def storage_pids(sites: Sites, kind: str) -> list[int]:
@@ -331,8 +321,7 @@ def main() -> int:
     for kind in [k for k in opts.storage.split(",") if k]:
         if kind not in SHARED_STORAGES:
             sys.exit(f"--storage: {kind!r} is not a storage several workers share ({', '.join(SHARED_STORAGES)})")
-        if kind == "postgres":
-            sites.start(kind)
+        sites.start(kind)
         one = Contender("current", current, 1)
         many = Contender(f"current x{opts.workers}", current, opts.workers)
         contenders = [one, many]

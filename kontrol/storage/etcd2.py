@@ -14,7 +14,7 @@ A Go Kontrol and this backend can share one etcd (<= 3.5, started with
 
 TTLs are etcd v2 TTLs (whole seconds); a refresh uses ``refresh=true``, which
 watchers do not see. v2 has no multi-key transactions: a registration writes the
-two kite keys at once, unless this instance last wrote the kite with another
+two kite keys pipelined on one connection (one round trip), unless this instance last wrote the kite with another
 identity: then one after the other (id key first; its previous value names the old
 path, deleted before the new one is written, so watchers see the change in order).
 
@@ -39,7 +39,6 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import etcd
-import gevent
 
 from kite.wire.protocol import PATH_FIELDS, KiteIdentity
 
@@ -87,29 +86,6 @@ _REMOVE_ACTIONS = {"delete", "expire", "compareAndDelete"}
 MAX_REMEMBERED_KITES = 100_000
 
 T = TypeVar("T")
-U = TypeVar("U")
-
-
-def _both(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
-    """Run ``second`` in another greenlet while ``first`` runs here; both results, or the first error
-    (once both have ended)."""
-    outcome: list[Any] = []
-
-    def run_second() -> None:
-        try:
-            outcome.append((True, second()))
-        except BaseException as e:  # handed to the caller below
-            outcome.append((False, e))
-
-    other = gevent.spawn(run_second)
-    try:
-        result = first()
-    finally:
-        other.join()
-    ok, value = outcome[0] if outcome else (False, StorageError("interrupted"))
-    if not ok:
-        raise value
-    return result, value
 
 
 def _segment(value: str) -> str:
@@ -157,7 +133,7 @@ class Etcd2Storage(common.EtcdStorageBase):
         self._keys = f"{root}/kontrol/keys"
         self._publics = f"{root}/kontrol/key-publics"
         #: Kite id -> the identity this instance last wrote for it (the newest
-        #: :data:`MAX_REMEMBERED_KITES`): tells :meth:`upsert` when it may write both keys at once.
+        #: :data:`MAX_REMEMBERED_KITES`): tells :meth:`upsert` when it may pipeline both keys.
         self._written: OrderedDict[str, KiteIdentity] = OrderedDict()
 
     # -- transport ----------------------------------------------------------------------
@@ -225,10 +201,10 @@ class Etcd2Storage(common.EtcdStorageBase):
         _check_v2_key(kite)
 
     def upsert(self, kite: KiteIdentity, url: str, key_id: str = "", ttl: float | None = None) -> None:
-        """Write the id key and the path key. Both at once for a kite this instance never wrote (nearly
-        always a new one) or wrote with the same identity; after an identity change, one after the
+        """Write the id key and the path key. Both in one round trip (pipelined) for a kite this instance
+        never wrote (nearly always a new one) or wrote with the same identity; after an identity change, one after the
         other: the id key's previous value names the old path, deleted before the new path is written,
-        so watchers hear DEREGISTER old, then REGISTER new. If the parallel writes find that another
+        so watchers hear DEREGISTER old, then REGISTER new. If the pipelined writes find that another
         writer gave the id another identity, the old path goes and the new one is deleted and written
         again: the new identity's REGISTER comes last."""
         self._check_registration(kite, url)
@@ -238,10 +214,9 @@ class Etcd2Storage(common.EtcdStorageBase):
         id_value = json.dumps({"url": url, "key_id": key_id, "kite": str(kite)}, separators=(",", ":"))
         value = common.kite_value(url, key_id)
         known = self._written.get(kite.id)
-        parallel = known is None or known == kite
-        if parallel:
-            result, _ = _both(lambda: self._call(self._client.write, id_key, id_value, ttl=seconds),
-                              lambda: self._call(self._client.write, path_key, value, ttl=seconds))
+        pipelined = known is None or known == kite
+        if pipelined:  # on one connection, applied in this order
+            result, _ = self._call(self._client.write_all, [(id_key, id_value, seconds), (path_key, value, seconds)])
         else:
             result = self._call(self._client.write, id_key, id_value, ttl=seconds)
         prev = result.prev_node
@@ -249,9 +224,9 @@ class Etcd2Storage(common.EtcdStorageBase):
         moved = old is not None and self._path_key(old) != path_key
         if moved:
             self._delete(self._path_key(old))
-            if parallel:  # the new path went first: delete it too (a same-value rewrite is no event)
+            if pipelined:  # the new path went too: delete it, then write it last (a same-value rewrite is no event)
                 self._delete(path_key)
-        if moved or not parallel:
+        if moved or not pipelined:
             self._call(self._client.write, path_key, value, ttl=seconds)
         self._remember(kite)
 

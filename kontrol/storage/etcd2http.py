@@ -37,20 +37,32 @@ from __future__ import annotations
 import http.client
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 from urllib.parse import quote, quote_plus
 
 import etcd
 import orjson
 
-from .httppool import NO_HEADERS, BodyTimeout, HttpPool, Reply
+from .httppool import NO_HEADERS, BodyTimeout, HttpPool, Reply, Request
 
 log = logging.getLogger(__name__)
 
 #: Path of the v2 keys API.
 KEYS_PATH = "/v2/keys"
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _write_form(value: str, ttl: int | None, prev_exist: bool | None = None, prev_index: int | None = None) -> bytes:
+    """The form body of a v2 ``PUT`` of ``value``."""
+    form = ["value=" + quote_plus(value)]
+    if ttl is not None:
+        form.append(f"ttl={ttl}")
+    if prev_exist is not None:
+        form.append("prevExist=" + _flag(prev_exist))
+    if prev_index is not None:
+        form.append(f"prevIndex={prev_index}")
+    return "&".join(form).encode()
 #: Characters urllib3 leaves alone in a URL path (RFC 3986 pchar and ``/``), besides letters and digits.
 _PATH_SAFE = "/-._~!$&'()*+,;=:@"
 _PLAIN_PATH = re.compile(r"(?:[A-Za-z0-9/\-._~!$&'()*+,;=:@]|%[0-9A-F]{2})*")
@@ -170,14 +182,18 @@ class Etcd2Http(HttpPool):
         ``prev_exist``: only if the key exists (True) or does not (False); ``prev_index``: only if
         it was last modified at that index. The answer's ``prev_node`` is the value replaced.
         """
-        form = ["value=" + quote_plus(value)]
-        if ttl is not None:
-            form.append(f"ttl={ttl}")
-        if prev_exist is not None:
-            form.append("prevExist=" + _flag(prev_exist))
-        if prev_index is not None:
-            form.append(f"prevIndex={prev_index}")
-        return self._call("PUT", key_path(key), "&".join(form).encode(), _FORM)
+        return self._call("PUT", key_path(key), _write_form(value, ttl, prev_exist, prev_index), _FORM)
+
+    def write_all(self, writes: Sequence[tuple[str, str, int | None]]) -> list[Etcd2Node]:
+        """``write(key, value, ttl)`` for each ``(key, value, ttl)``, pipelined on one connection: etcd
+        applies them in this order, one round trip's wait for all. Raises the first write's error
+        (the later writes were applied all the same)."""
+        requests = [Request("PUT", key_path(key), _write_form(value, ttl), _FORM) for key, value, ttl in writes]
+        try:
+            replies = self.request_all(requests)
+        except (OSError, http.client.HTTPException) as e:
+            raise self._unreachable("PUT", requests[0].target, e) from e
+        return [self._node_of(reply) for reply in replies]
 
     def refresh(self, key: str, ttl: int) -> Etcd2Node:
         """Restart the TTL of existing ``key`` at ``ttl`` seconds without changing it (no watch event)."""
@@ -214,6 +230,10 @@ class Etcd2Http(HttpPool):
             raise self._unreachable(method, target, e) from e
         except (OSError, http.client.HTTPException) as e:
             raise self._unreachable(method, target, e) from e
+        return self._node_of(reply)
+
+    def _node_of(self, reply: Reply) -> Etcd2Node:
+        """The node an answer carries, or its error raised as python-etcd's exception."""
         self._check_cluster(reply)
         if reply.status not in (200, 201):
             _raise_error(reply)

@@ -30,7 +30,7 @@ import http.client
 import io
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 #: Longest status or header line read, as ``http.client``'s ``_MAXLINE``.
 MAX_LINE = 65536
@@ -116,14 +116,33 @@ class Connection:
                  headers: Mapping[str, str] | None = None, timeout: float | None = None) -> Answer:
         """Send ``method target`` (connecting first if needed) and read the whole answer;
         ``timeout``: the read timeout for this answer (the connection's otherwise)."""
+        return self.exchange_all([(method, target, body, headers)], timeout)[0]
+
+    def exchange_all(self, requests: Sequence[tuple[str, str, bytes | None, Mapping[str, str] | None]],
+                     timeout: float | None = None) -> list[Answer]:
+        """Send every ``(method, target, body, headers)`` at once (HTTP/1.1 pipelining: one write; the
+        server answers in order) and read their answers. A failure after the first answer is an
+        ``HTTPException`` (not a reset: some requests were served, none may be sent again)."""
         if self.sock is None:
             self.connect()
         assert self.sock is not None
-        self.sock.sendall(self._request(method, target, body, headers))
+        self.sock.sendall(b"".join(self._request(*request) for request in requests))
         if timeout is not None:
             self.sock.settimeout(timeout)
+        answers: list[Answer] = []
         try:
-            return self._read_answer(method, timeout)
+            for method, *_ in requests:
+                if answers and not answers[-1].keep_alive:
+                    raise http.client.HTTPException(
+                        f"the server closed the connection after {len(answers)} of {len(requests)} pipelined answers")
+                try:
+                    answers.append(self._read_answer(method, timeout))
+                except (OSError, http.client.HTTPException) as e:
+                    if not answers:
+                        raise
+                    raise http.client.HTTPException(
+                        f"pipelined answer {len(answers) + 1} of {len(requests)} failed: {e!r}") from e
+            return answers
         finally:
             if timeout is not None and self.sock is not None:
                 self.sock.settimeout(self.timeout)

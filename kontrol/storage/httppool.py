@@ -49,6 +49,15 @@ class _NotSent(Exception):
         self.cause = cause
 
 
+class Request(NamedTuple):
+    """One request of a pipelined batch (:meth:`HttpPool.request_all`)."""
+
+    method: str
+    target: str
+    body: bytes | None = None
+    headers: dict[str, str] = NO_HEADERS
+
+
 class Reply(NamedTuple):
     """One HTTP answer, read in full."""
 
@@ -147,11 +156,17 @@ class HttpPool:
 
         ``timeout``: the read timeout of this request (connecting still takes at most the pool's).
         """
+        return self.request_all([Request(method, target, body, headers)], timeout=timeout)[0]
+
+    def request_all(self, requests: Sequence[Request], *, timeout: float | None = None) -> list[Reply]:
+        """Several requests pipelined on one connection (sent in one write, answered in order: the
+        server handles them one after the other, without a round trip between); every answer.
+        Failures and failover as for :meth:`request`; a failure after the first answer is never retried."""
         with self._slots:
             for attempt in range(len(self.endpoints)):
                 endpoint = self.endpoint
                 try:
-                    reply = self._request_once(method, target, body, headers, timeout)
+                    replies = self._request_once(requests, timeout)
                 except _NotSent as e:
                     self.fail_over(endpoint, repr(e.cause))
                     if attempt == len(self.endpoints) - 1:
@@ -162,20 +177,20 @@ class HttpPool:
                 except (OSError, http.client.HTTPException) as e:
                     self.fail_over(endpoint, repr(e))
                     raise
-                if reply.status in self._unavailable:
-                    self.fail_over(endpoint, f"HTTP {reply.status}")
-                return reply
+                unavailable = next((r.status for r in replies if r.status in self._unavailable), None)
+                if unavailable is not None:
+                    self.fail_over(endpoint, f"HTTP {unavailable}")
+                return replies
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _request_once(self, method: str, target: str, body: bytes | None, headers: dict[str, str],
-                      timeout: float | None) -> Reply:
-        """One request to the current member (:class:`_NotSent` when it cannot be reached)."""
+    def _request_once(self, requests: Sequence[Request], timeout: float | None) -> list[Reply]:
+        """The requests to the current member (:class:`_NotSent` when it cannot be reached)."""
         conn = self._idle_connection()
         reused = conn is not None
         if conn is None:
             conn = self._fresh()
         try:
-            reply = self._exchange(conn, method, target, body, headers, timeout)
+            replies = self._exchange(conn, requests, timeout)
         except STALE as e:
             conn.close()
             if not reused:
@@ -183,7 +198,7 @@ class HttpPool:
             log.debug("%s:%s closed an idle connection (%r); retrying on a new one", conn.host, conn.port, e)
             conn = self._fresh()
             try:
-                reply = self._exchange(conn, method, target, body, headers, timeout)
+                replies = self._exchange(conn, requests, timeout)
             except BaseException:
                 conn.close()
                 raise
@@ -194,14 +209,13 @@ class HttpPool:
             conn.close()
         else:
             self._idle.append(conn)
-        return reply
+        return replies
 
-    def _exchange(self, conn: Connection, method: str, target: str, body: bytes | None,
-                  headers: dict[str, str], timeout: float | None) -> Reply:
-        answer = conn.exchange(method, target, body, headers, timeout)
-        if not answer.keep_alive:
+    def _exchange(self, conn: Connection, requests: Sequence[Request], timeout: float | None) -> list[Reply]:
+        answers = conn.exchange_all(requests, timeout)
+        if not answers[-1].keep_alive:
             conn.close()  # not kept: the next request opens another
-        return Reply(answer.status, answer.headers, answer.body)
+        return [Reply(answer.status, answer.headers, answer.body) for answer in answers]
 
     def clear(self) -> None:
         """Close the idle connections: the next requests connect afresh."""

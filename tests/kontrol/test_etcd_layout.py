@@ -61,8 +61,8 @@ def test_v2_reads_what_a_go_kontrol_wrote(etcd_server: EtcdServer, prefix: str) 
         assert recorder.actions() == [(REGISTER, kite.id), (DEREGISTER, kite.id)]
 
 
-def test_v2_writes_both_keys_at_once_and_still_ends_on_the_new_identity(etcd_server: EtcdServer, prefix: str) -> None:
-    """A registration writes the two v2 keys in parallel unless this instance last wrote the kite
+def test_v2_pipelines_both_keys_and_still_ends_on_the_new_identity(etcd_server: EtcdServer, prefix: str) -> None:
+    """A registration pipelines the two v2 keys unless this instance last wrote the kite
     with another identity. When another writer had given the id another identity (this instance
     could not know), the old path is deleted and the new one written again: the new identity is the
     last word for a watcher, and only its path stays."""
@@ -72,15 +72,15 @@ def test_v2_writes_both_keys_at_once_and_still_ends_on_the_new_identity(etcd_ser
         kite = make_kite()
         recorder = Recorder()
         ours.watch({"id": kite.id}, recorder)
-        writes = []
-        write = ours._client.write
-        ours._client.write = lambda key, *a, **kw: writes.append(key) or write(key, *a, **kw)
+        batches = []
+        write_all = ours._client.write_all
+        ours._client.write_all = lambda writes: batches.append([key for key, _, _ in writes]) or write_all(writes)
         ours.upsert(kite, "http://a/kite", "key-1", ttl=LONG_TTL)
-        assert sorted(writes) == sorted([f"{prefix}/kites{kite}", f"{prefix}/kites/{kite.id}"])
+        assert batches == [[f"{prefix}/kites/{kite.id}", f"{prefix}/kites{kite}"]]  # one round trip, id key first
         moved = make_kite(id=kite.id, hostname="worker-9")
         other.upsert(moved, "http://b/kite", "key-1", ttl=LONG_TTL)  # another writer moves it, unaware
         recorder.wait_for(lambda events: len(events) >= 4)
-        ours._client.write = write
+        ours._client.write_all = write_all
         again = make_kite(id=kite.id, hostname="worker-5")
         ours.upsert(again, "http://c/kite", "key-1", ttl=LONG_TTL)  # ours last wrote worker-1: in order
         recorder.wait_for(lambda events: len(events) >= 6)

@@ -233,3 +233,64 @@ def test_any_body_any_segmenting(body: bytes, chunk: int, split: int, chunked: b
     mine, theirs = both([pieces, [OK]], count=2)
     assert mine == theirs
     assert mine[0][2] == body
+
+
+# -- pipelining (no http.client counterpart: it does not pipeline) ------------------------------------
+
+PIPELINED = [("PUT", "/v2/keys/id", b"value=1", None), ("PUT", "/v2/keys/path", b"value=2", None)]
+
+
+def test_pipelined_requests_go_in_one_write_and_are_answered_in_order() -> None:
+    second = OK.replace(b"X-Etcd-Index: 7", b"X-Etcd-Index: 8")
+    with scripted([[OK], [second]]) as (port, received):
+        conn = Connection("127.0.0.1", port, 5.0)
+        try:
+            answers = conn.exchange_all(PIPELINED)
+        finally:
+            conn.close()
+    assert [a.headers.get("X-Etcd-Index") for a in answers] == ["7", "8"]
+    assert [r.split(b" ", 2)[1] for r in received] == [b"/v2/keys/id", b"/v2/keys/path"]
+    assert received[0].endswith(b"value=1") and received[1].endswith(b"value=2")
+
+
+@pytest.mark.parametrize("first", [OK, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"])
+def test_a_failure_after_the_first_pipelined_answer_is_not_a_stale_connection(first: bytes) -> None:
+    """Some requests were served: the failure must not look like a connection closed while idle (which
+    the pool retries on a new one, sending every request again)."""
+    with scripted([[first]]) as (port, _):  # closes after the first answer
+        conn = Connection("127.0.0.1", port, 5.0)
+        try:
+            with pytest.raises(http.client.HTTPException) as failure:
+                conn.exchange_all(PIPELINED)
+        finally:
+            conn.close()
+    assert not isinstance(failure.value, (ConnectionError, http.client.RemoteDisconnected))
+    assert "of 2" in str(failure.value)
+
+
+def test_the_pool_resends_a_pipelined_batch_only_when_nothing_was_answered() -> None:
+    """A kept-alive connection the server closed while idle: the batch goes again on a new one."""
+    from kontrol.storage.httppool import HttpPool, Request
+
+    connections = []
+
+    def handle(sock: socket.socket, _: Any) -> None:
+        connections.append(sock)
+        reader = sock.makefile("rb")
+        for _ in range(1 if len(connections) == 1 else 2):  # the first connection: one answer, then closed
+            if read_request(reader) is None:
+                break
+            sock.sendall(OK)
+        sock.close()
+
+    server = StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    try:
+        pool = HttpPool("127.0.0.1", server.server_port, timeout=5.0, pool_size=1)
+        assert pool.request("GET", "/v2/keys/a").status == 200  # kept alive; the server then closes it
+        gevent.sleep(0.1)
+        replies = pool.request_all([Request(m, t, b) for m, t, b, _ in PIPELINED])
+        assert [r.status for r in replies] == [200, 200] and len(connections) == 2
+        pool.close()
+    finally:
+        server.stop()
