@@ -59,6 +59,24 @@ DISCONNECT_DELAY = 1.0
 CALL_TIMEOUT = 20.0
 
 
+#: A bystander's p99 during a fault may grow this many times its p99 before, or up to the floor (ms) on
+#: a loaded machine; a blocked event loop costs seconds.
+P99_FACTOR = 5.0
+P99_FLOOR_MS = 250.0
+
+
+def assert_latency_kept(label: str, before: list[float], during: list[float]) -> float:
+    """A bystander's per-window p99s ``during`` a fault stay within the bound set by those ``before``:
+    in every window but at most one, and that one within twice the bound (one window over it is what
+    the OS scheduler alone does to a 2-core machine running three test processes: a CI run saw
+    windows of 5-155 ms and one of 293). Returns the bound."""
+    assert before and during, (label, before, during)
+    bound = max(P99_FACTOR * max(before), P99_FLOOR_MS)
+    over = [p99 for p99 in during if p99 > bound]
+    assert len(over) <= 1 and all(p99 <= 2 * bound for p99 in over), (label, before, during, bound)
+    return bound
+
+
 class JsonProc(Proc):
     """A :class:`~tests.processes.Proc` printing JSON lines (``tests.faults.loadgen``)."""
 
