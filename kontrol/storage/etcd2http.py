@@ -52,6 +52,12 @@ log = logging.getLogger(__name__)
 KEYS_PATH = "/v2/keys"
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
+#: Characters urllib3 leaves alone in a URL path (RFC 3986 pchar and ``/``), besides letters and digits.
+_PATH_SAFE = "/-._~!$&'()*+,;=:@"
+_PLAIN_PATH = re.compile(r"(?:[A-Za-z0-9/\-._~!$&'()*+,;=:@]|%[0-9A-F]{2})*")
+_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
+_NODE_ATTRS = ("key", "value", "expiration", "ttl", "modifiedIndex", "createdIndex", "newKey", "dir")
+
 
 def _write_form(value: str, ttl: int | None, prev_exist: bool | None = None, prev_index: int | None = None) -> bytes:
     """The form body of a v2 ``PUT`` of ``value``."""
@@ -63,11 +69,6 @@ def _write_form(value: str, ttl: int | None, prev_exist: bool | None = None, pre
     if prev_index is not None:
         form.append(f"prevIndex={prev_index}")
     return "&".join(form).encode()
-#: Characters urllib3 leaves alone in a URL path (RFC 3986 pchar and ``/``), besides letters and digits.
-_PATH_SAFE = "/-._~!$&'()*+,;=:@"
-_PLAIN_PATH = re.compile(r"(?:[A-Za-z0-9/\-._~!$&'()*+,;=:@]|%[0-9A-F]{2})*")
-_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
-_NODE_ATTRS = ("key", "value", "expiration", "ttl", "modifiedIndex", "createdIndex", "newKey", "dir")
 
 
 class Etcd2Node:
