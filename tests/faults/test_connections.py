@@ -65,6 +65,17 @@ CLIENTS = 2
 PENDING = 2
 
 
+def final_report(label: str, gen) -> dict:
+    """The loadgen's report once every client lost its session; if it does not come, the failure
+    shows what its clients are doing instead (their connection states and every greenlet's stack)."""
+    try:
+        return gen.wait_event("report", timeout=CALL_TIMEOUT)
+    except pytest.fail.Exception as late:
+        os.kill(gen.pid, signal.SIGUSR1)
+        state = gen.wait_event("state", timeout=5)
+        pytest.fail(f"{label}: {late}\nloadgen state: {json.dumps(state, indent=1)}")
+
+
 def loadgens(processes, kites, *args: str) -> list:
     """One loadgen per transport against ``kites`` (label, proc, url), all started at once and ready."""
     pending = ("--pending", str(PENDING), "--pending-timeout", str(load_seconds() + CALL_TIMEOUT))
@@ -84,12 +95,7 @@ def test_sigkill_fails_pending_calls_promptly_on_every_transport(processes, soak
         os.kill(proc.pid, signal.SIGKILL)
     detected = {}
     for (label, _, _), gen in zip(TRANSPORTS, gens, strict=True):
-        try:
-            report = gen.wait_event("report", timeout=CALL_TIMEOUT)
-        except pytest.fail.Exception as late:
-            os.kill(gen.pid, signal.SIGUSR1)  # what its clients are doing instead
-            state = gen.wait_event("state", timeout=5)
-            pytest.fail(f"{label}: {late}\nloadgen state: {json.dumps(state, indent=1)}")
+        report = final_report(label, gen)
         assert_accounting(label, report)
         assert report["outcomes"].get("DisconnectError", 0) >= CLIENTS * PENDING, (label, report)
         first, last = report["disconnect_errors"]
@@ -155,7 +161,7 @@ def _stopped_kite_is_detected(processes, soak_seconds):
         os.kill(proc.pid, signal.SIGSTOP)
     detected = {}
     for (label, _, _), gen in zip(TRANSPORTS, gens, strict=True):
-        report = gen.wait_event("report", timeout=CALL_TIMEOUT)
+        report = final_report(label, gen)
         assert_accounting(label, report)
         assert report["outcomes"].get("DisconnectError", 0) >= CLIENTS * PENDING, (label, report)
         last_client = report["disconnected_at"][1]
