@@ -86,18 +86,28 @@ def loadgens(processes, kites, *args: str) -> list:
     return gens
 
 
-def test_sigkill_fails_pending_calls_promptly_on_every_transport(processes, soak_seconds):
+def fault_every_kite(processes, soak_seconds: float, sig: int) -> tuple[float, dict[str, dict]]:
+    """One kite per transport under load until ``soak_seconds`` pass, then ``sig`` to every kite: when,
+    and each transport's loadgen report once all its clients lost their session (every call ended
+    once, the pending ones with ``disconnect``)."""
     kites = processes.kites(len(TRANSPORTS))
     gens = loadgens(processes, kites, "--until-disconnected")
     gevent.sleep(soak_seconds)
-    killed = time.time()
+    at = time.time()
     for proc, _ in kites:
-        os.kill(proc.pid, signal.SIGKILL)
-    detected = {}
+        os.kill(proc.pid, sig)
+    reports = {}
     for (label, _, _), gen in zip(TRANSPORTS, gens, strict=True):
-        report = final_report(label, gen)
+        report = reports[label] = final_report(label, gen)
         assert_accounting(label, report)
         assert report["outcomes"].get("DisconnectError", 0) >= CLIENTS * PENDING, (label, report)
+    return at, reports
+
+
+def test_sigkill_fails_pending_calls_promptly_on_every_transport(processes, soak_seconds):
+    killed, reports = fault_every_kite(processes, soak_seconds, signal.SIGKILL)
+    detected = {}
+    for label, report in reports.items():
         first, last = report["disconnect_errors"]
         detected[label] = round(last - killed, 3)
         assert last - killed <= KILL_DETECT_BOUND, (label, report)
@@ -153,17 +163,9 @@ def test_stopped_kite_is_detected_by_its_clients_on_every_transport(processes, s
 
 
 def _stopped_kite_is_detected(processes, soak_seconds):
-    kites = processes.kites(len(TRANSPORTS))
-    gens = loadgens(processes, kites, "--until-disconnected")
-    gevent.sleep(soak_seconds)
-    stopped = time.time()
-    for proc, _ in kites:
-        os.kill(proc.pid, signal.SIGSTOP)
+    stopped, reports = fault_every_kite(processes, soak_seconds, signal.SIGSTOP)
     detected = {}
-    for (label, _, _), gen in zip(TRANSPORTS, gens, strict=True):
-        report = final_report(label, gen)
-        assert_accounting(label, report)
-        assert report["outcomes"].get("DisconnectError", 0) >= CLIENTS * PENDING, (label, report)
+    for label, report in reports.items():
         last_client = report["disconnected_at"][1]
         detected[label] = round(last_client - stopped, 3)
         assert DEAD_PEER * 2 / 3 <= last_client - stopped <= STOP_DETECT_BOUND, (label, report)
