@@ -147,6 +147,8 @@ class Phase:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     cpu: dict[str, float | None] = field(default_factory=dict)
+    #: The register phase's kites: ``thread:requests`` per wrk thread (the ids the heartbeats use).
+    ids: str = ""
 
     @property
     def rate(self) -> float:
@@ -217,7 +219,7 @@ def measure(script: Path, url: str, opts: argparse.Namespace, pids: dict[str, li
     phase.cpu = {name: meter.percent() for name, meter in meters.items()}
     wrk_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     phase.cpu["wrk"] = wrk_cpu / seconds * 100
-    phase.extra = result  # type: ignore[attr-defined]
+    phase.ids = result.get("ids", "")
     return phase
 
 
@@ -238,7 +240,7 @@ def one_run(kind: str, workers: int, sites: Sites, tree: Any, scripts: dict[str,
         url = f"http://{common.HOST}:{kontrol.info['port']}"
         pids = {"kontrol": kontrol.pids, "storage": storage_pids(sites, kind)}
         register = measure(scripts["register"], url, opts, pids, kontrol.info["kite_key"], run)
-        ids = register.extra["ids"]  # type: ignore[attr-defined]
+        ids = register.ids
         cut = 2 * -(-opts.connections // opts.threads)  # twice the connections per wrk thread
         heartbeat = measure(scripts["heartbeat"], url, opts, pids, run, ids, str(cut))
         return {"register": register, "heartbeat": heartbeat}

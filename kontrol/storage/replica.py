@@ -124,12 +124,14 @@ class Replica:
     # -- changes ----------------------------------------------------------------------------
 
     def wrote(self, record: KiteRecord, revision: int) -> None:
-        """Our own write of ``record``, acknowledged by etcd at ``revision``: visible at once."""
+        """Our own write of ``record``, acknowledged by etcd at ``revision``: visible at once, and kept to
+        announce unless the replica is already past ``revision`` (the listing or the feed that took it
+        there carried the change; the feed will not bring it again)."""
         if self.put(record, revision) and revision >= self.next_revision:
             self._unannounced[record.kite.id] = KiteEvent(REGISTER, record.kite, record.url, record.key_id, revision)
 
     def deleted(self, kite: KiteIdentity, revision: int) -> None:
-        """Our own delete of ``kite``, acknowledged by etcd at ``revision``."""
+        """Our own delete of ``kite``, acknowledged by etcd at ``revision`` (kept to announce as :meth:`wrote`)."""
         current = self._kites.get(kite.id)
         if self.remove(kite, revision) and current is not None and revision >= self.next_revision:
             record = current[0]
@@ -139,9 +141,6 @@ class Replica:
         """Where a watcher starts: the revision every change up to which was published, and our own
         changes after it that reads already show (kite id -> revision; their events are not news)."""
         return self.next_revision - 1, {kid: event.revision for kid, event in self._unannounced.items()}
-
-    # An own change at a revision below :attr:`next_revision` is not kept to announce: the listing or
-    # the feed that took the replica past it already carried it (and the feed will not bring it again).
 
     def put(self, record: KiteRecord, revision: int) -> bool:
         """Store ``record`` changed at ``revision`` unless a later change of it is known; True if stored."""
