@@ -11,18 +11,18 @@ When the combined guard fails, each writer gets its own ``failure`` responses an
 it does after a lost race (read, retry alone); a combined request that etcd refuses is
 retried one transaction at a time, so one bad write never fails the others. A batch never
 holds two writes of the same key (etcd refuses duplicate keys in a transaction) and stays
-under etcd's operation limit per transaction (``--max-txn-ops``, 128 by default).
+under etcd's operation limit per transaction (``--max-txn-ops``, 128 by default). The
+queueing and combining are :class:`kontrol.storage.coalesce.Coalescer`'s; this module says how
+transactions combine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import gevent
-from gevent.event import AsyncResult
-
+from .coalesce import Coalescer
 from .errors import StorageError
 
 #: Operations in one combined transaction at most (etcd's default limit is 128).
@@ -31,22 +31,20 @@ MAX_TXN_OPS = 120
 Post = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Txn:
     compare: list[dict[str, Any]]
     success: list[dict[str, Any]]
     failure: list[dict[str, Any]]
-    keys: frozenset[str]
-    result: AsyncResult[dict[str, Any]] = field(default_factory=AsyncResult)
 
     @property
     def size(self) -> int:
         return len(self.compare) + max(len(self.success), len(self.failure))
 
-
-def _keys(ops: list[dict[str, Any]]) -> frozenset[str]:
-    """The (base64) keys an operation list touches."""
-    return frozenset(next(iter(op.values())).get("key", "") for op in ops)
+    @property
+    def keys(self) -> frozenset[str]:
+        """The (base64) keys its writes touch."""
+        return frozenset(next(iter(op.values())).get("key", "") for op in self.success)
 
 
 class TxnBatcher:
@@ -54,71 +52,38 @@ class TxnBatcher:
 
     def __init__(self, post: Post, max_ops: int = MAX_TXN_OPS):
         self._post = post
-        self.max_ops = max_ops
-        self._queue: list[_Txn] = []
-        self._sender: gevent.Greenlet[[], None] | None = None
-        #: Requests sent and transactions carried (for tests and benchmarks).
-        self.requests = 0
-        self.transactions = 0
+        self._calls: Coalescer[_Txn, dict[str, Any]] = Coalescer(
+            self._send, max_size=max_ops, keys=lambda t: t.keys, size=lambda t: t.size,
+            alone=lambda error: isinstance(error, StorageError))
+
+    @property
+    def requests(self) -> int:
+        """Requests sent (for tests and benchmarks)."""
+        return self._calls.round_trips
+
+    @property
+    def transactions(self) -> int:
+        """Transactions they carried."""
+        return self._calls.calls
 
     def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
             failure: list[dict[str, Any]]) -> dict[str, Any]:
         """Run one transaction (blocking); etcd's answer, its responses this transaction's own."""
-        item = _Txn(compare, success, failure, _keys(success))
-        self._queue.append(item)
-        if self._sender is None:
-            self._sender = gevent.spawn(self._drain)
-        return item.result.get()
+        return self._calls(_Txn(compare, success, failure))
 
-    def _drain(self) -> None:
-        try:
-            while self._queue:
-                self._send(self._take())
-        finally:
-            self._sender = None
-
-    def _take(self) -> list[_Txn]:
-        """The next batch: queued transactions in order, no key twice, at most ``max_ops`` operations."""
-        batch: list[_Txn] = []
-        keys: set[str] = set()
-        ops = 0
-        for item in list(self._queue):
-            if batch and (ops + item.size > self.max_ops or keys & item.keys):
-                continue
-            batch.append(item)
-            keys |= item.keys
-            ops += item.size
-        for item in batch:
-            self._queue.remove(item)
-        return batch
-
-    def _send(self, batch: list[_Txn]) -> None:
+    def _send(self, batch: Sequence[_Txn]) -> list[dict[str, Any]]:
         body = {"compare": [c for t in batch for c in t.compare], "success": [s for t in batch for s in t.success],
                 "failure": [f for t in batch for f in t.failure]}
-        try:
-            self.requests += 1
-            self.transactions += len(batch)
-            result = self._post("/kv/txn", body)
-        except StorageError as exc:
-            if len(batch) == 1:
-                batch[0].result.set_exception(exc)
-                return
-            for item in batch:  # something in the batch was refused: let each one find out alone
-                self._send([item])
-            return
-        except BaseException as exc:  # etcd unreachable: every writer learns it
-            for item in batch:
-                item.result.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+        result = self._post("/kv/txn", body)
         succeeded = bool(result.get("succeeded"))
         responses = result.get("responses") or []
+        answers: list[dict[str, Any]] = []
         offset = 0
-        for item in batch:
-            count = len(item.success if succeeded else item.failure)
-            own = {"header": result.get("header", {}), "responses": responses[offset:offset + count]}
+        for t in batch:
+            count = len(t.success if succeeded else t.failure)
+            own: dict[str, Any] = {"header": result.get("header", {}), "responses": responses[offset:offset + count]}
             if succeeded:
                 own["succeeded"] = True
-            item.result.set(own)
+            answers.append(own)
             offset += count
+        return answers

@@ -486,6 +486,58 @@ def test_concurrent_upserts_of_one_new_kite(pg: PostgresStorage, key_id: str) ->
     assert recorder.actions() == [(REGISTER, kite.id)]  # the INSERT race was lost quietly, once
 
 
+def test_concurrent_writes_refreshes_and_lookups_share_statements(opened: Opener, key_id: str) -> None:
+    """Group commit: many concurrent calls, few transactions; each caller still gets its own answer,
+    and watchers get each kite's events once."""
+    pg, observer = opened(), opened()
+    recorder = Recorder()
+    observer.watch({"username": "alice"}, recorder)
+    kites = [make_kite(hostname=f"host-{i % 7}") for i in range(300)]
+    jobs = [gevent.spawn(pg.upsert, k, f"http://10.0.0.3:{i}/kite", key_id, LONG_TTL) for i, k in enumerate(kites)]
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    assert pg._upserts.calls == 300 and pg._upserts.round_trips <= 10, pg._upserts.round_trips
+    assert observer.count() == 300
+    recorder.wait_for(lambda events: len(events) >= 300)
+
+    # A rewrite in the same batch as new kites: the changed identity's events, nothing for the unchanged.
+    moved = KiteIdentity(**{**kites[0].to_wire(), "hostname": "elsewhere"})
+    newcomer = make_kite()
+    jobs = [gevent.spawn(pg.upsert, moved, "http://10.0.0.3:0/kite", key_id, LONG_TTL),
+            gevent.spawn(pg.upsert, kites[1], "http://10.0.0.3:1/kite", key_id, LONG_TTL),
+            gevent.spawn(pg.upsert, newcomer, "http://new/kite", key_id, LONG_TTL)]
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    recorder.wait_for(lambda events: len(events) >= 303)
+    gevent.sleep(0.3)
+    assert sorted(recorder.actions()[300:]) == sorted([(DEREGISTER, kites[0].id), (REGISTER, moved.id),
+                                                       (REGISTER, newcomer.id)])
+    assert [e.kite.hostname for e in recorder.events[300:] if e.kite.id == moved.id] == ["host-0", "elsewhere"]
+
+    missing = str(uuid.uuid4())
+    refreshes = [gevent.spawn(pg.refresh, k, LONG_TTL) for k in kites[2:200]] + [gevent.spawn(pg.refresh, missing, 5)]
+    lookups = [gevent.spawn(pg.get_by_id, k.id) for k in kites[2:200]] + [gevent.spawn(pg.get_by_id, missing)]
+    gevent.joinall(refreshes + lookups, timeout=30, raise_error=True)
+    assert [job.value for job in refreshes] == [True] * 198 + [False]
+    assert [job.value for job in lookups[:-1]] == [KiteRecord(k, f"http://10.0.0.3:{i}/kite", key_id)
+                                                   for i, k in enumerate(kites[2:200], 2)]
+    assert lookups[-1].value is None
+    assert pg._refreshes.round_trips <= 5 and pg._lookups.round_trips <= 5
+
+
+def test_a_bad_write_in_a_shared_transaction_fails_alone(pg: PostgresStorage, key_id: str) -> None:
+    kites = [make_kite() for _ in range(20)]
+    unknown_key = str(uuid.uuid4())  # no such key pair: the foreign key refuses this one
+    jobs = [gevent.spawn(pg.upsert, k, f"http://{i}/kite", unknown_key if i == 7 else key_id, LONG_TTL)
+            for i, k in enumerate(kites)]
+    gevent.joinall(jobs, timeout=30)
+    assert isinstance(jobs[7].exception, InvalidKiteError) and "stored key pair" in str(jobs[7].exception)
+    assert all(job.successful() for i, job in enumerate(jobs) if i != 7)
+    assert {r.kite.id for r in pg.get({"username": "alice"})} == {k.id for i, k in enumerate(kites) if i != 7}
+    with pytest.raises(InvalidKiteError):  # and alone too
+        pg.upsert_many([KiteRecord(kites[7], "http://7/kite", unknown_key), KiteRecord(kites[0], "http://0/kite",
+                                                                                       key_id)], LONG_TTL)
+    assert pg.get_by_id(kites[0].id).url == "http://0/kite" and pg.get_by_id(kites[7].id) is None
+
+
 def test_events_are_split_into_notifications_that_fit() -> None:
     events = [shared_event(i) for i in range(100)]
     payloads = event_payloads(events)
@@ -716,6 +768,8 @@ def test_a_crash_empties_the_kites_and_the_registry_writes_them_back(restartable
         registry.register_many([(k, f"http://10.0.0.1:{i}/kite", key) for i, k in enumerate(kites)], WEBSOCKET)
         registry.start()
         assert observer.count() == 200
+        with restartable.admin() as db:  # the test server commits asynchronously: make what committed durable
+            db.run("CHECKPOINT")
 
         restartable.stop(signal.SIGQUIT)  # an immediate shutdown: crash recovery on the next start
         restartable.start()
