@@ -19,7 +19,11 @@ is made to agree with it:
   ``registeragain``, and this registry keeps it refreshed from then on -- but never
   writes it back once the storage lost it (heartbeats carry no credentials, so a
   stranger's heartbeats must not resurrect a kite its own Kontrol deleted); the kite
-  is told ``registeragain`` then and registers itself.
+  is told ``registeragain`` then and registers itself;
+* such a heartbeat while the storage cannot be read (an outage, a lookup that timed
+  out) is answered ``pong`` and decided at the kite's next heartbeat: telling every
+  kite to register again would only add a wave of registrations to a storage that is
+  failing already, and a pong grants nothing (heartbeats carry no credentials).
 """
 
 from __future__ import annotations
@@ -158,9 +162,13 @@ class Registry:
         return True
 
     def _adopt(self, kite_id: str) -> bool:
-        """Take over the HTTP kite ``kite_id`` from the storage; ``False`` if it is not there."""
+        """Take over the HTTP kite ``kite_id`` from the storage; ``False`` if it is not there (or the
+        lookup failed for good); ``True`` without taking it over while the storage is unavailable."""
         try:
             record = self.storage.get_by_id(kite_id)
+        except StorageUnavailableError as exc:
+            log.warning("looking up heartbeating kite %s: %s; asking again at its next heartbeat", kite_id, exc)
+            return True
         except StorageError as exc:
             log.warning("looking up heartbeating kite %s failed: %s", kite_id, exc)
             return False

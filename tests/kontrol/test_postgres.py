@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
+import requests
 
 from kite.wire.protocol import KiteIdentity
 from kontrol.registry import WEBSOCKET, Registry
@@ -39,7 +40,7 @@ from kontrol.storage.postgres import (
     event_payloads,
 )
 
-from .conftest import POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, Recorder, wait_until
+from .conftest import POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer, Recorder, start_kontrol, wait_until
 from .test_storage import LONG_TTL, SHORT_TTL, make_kite
 
 Opener = Callable[..., PostgresStorage]
@@ -754,6 +755,24 @@ def _listening(server: PostgresServer, storage: PostgresStorage) -> bool:
         [[n]] = db.run("SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND application_name = :name",
                        db=storage.settings.database, name=LISTENER_NAME)
     return int(n) >= 1
+
+
+def test_a_heartbeat_the_storage_cannot_check_is_answered_pong_then_decided(restartable: PostgresServer,
+                                                                              opened: Opener) -> None:
+    """A heartbeat of a kite this Kontrol does not know, while the storage is down: no ``registeragain``
+    (a wave of registrations into a failing storage); once it is back, an unknown kite is told."""
+    kontrol = start_kontrol(opened(timeout=1, pool_timeout=1))
+    beat = f"http://127.0.0.1:{kontrol.kite.port}/heartbeat"
+    unknown = str(uuid.uuid4())
+    try:
+        assert requests.get(beat, params={"id": unknown}, timeout=5).text == "registeragain"
+        restartable.stop()
+        assert requests.get(beat, params={"id": unknown}, timeout=10).text == "pong"
+        assert unknown not in kontrol.registry  # not taken over: asked again at the next heartbeat
+        restartable.start()
+        wait_until(lambda: requests.get(beat, params={"id": unknown}, timeout=10).text == "registeragain", 30)
+    finally:
+        kontrol.close()
 
 
 def test_a_crash_empties_the_kites_and_the_registry_writes_them_back(restartable: PostgresServer,
