@@ -218,16 +218,30 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def _stderr_file(name: str) -> Any:
+    """Where a server's stderr goes: a temporary file, or a kept one in ``$BENCH_LOGS``."""
+    logs = os.environ.get("BENCH_LOGS")
+    if not logs:
+        return tempfile.TemporaryFile()
+    Path(logs).mkdir(parents=True, exist_ok=True)
+    stem = "".join(c if c.isalnum() else "-" for c in name)
+    n = 1
+    while (Path(logs) / f"{stem}-{n}.log").exists():
+        n += 1
+    return open(Path(logs) / f"{stem}-{n}.log", "w+b")  # noqa: SIM115 -- closed by stop()
+
+
 class Server:
     """A server subprocess whose first stdout line is ``READY <details>``.
 
-    Its stderr goes to a temporary file, quoted when it fails to start; ``env``: its
-    environment (default: this process's).
+    Its stderr goes to a temporary file, quoted when it fails to start -- or, with the variable
+    ``BENCH_LOGS`` set to a directory, to a file there that is kept (``<name>-<n>.log``); ``env``:
+    its environment (default: this process's).
     """
 
     def __init__(self, cmd: Sequence[str], cwd: Path, name: str, env: dict[str, str] | None = None):
         self.name = name
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = _stderr_file(name)
         self.proc = spawn(cmd, cwd, "server", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=self._stderr, env=env)
         line = b""
