@@ -8,11 +8,17 @@ Key layout under ``prefix`` (default ``/kontrol``), all readable with ``etcdctl`
   index (ID-only queries, refresh and delete by id, identity changes, ``count``);
 * ``<prefix>/keys/<id>`` -> the key pair; ``<prefix>/key-publics/<sha256(public)>`` -> id.
 
-TTLs: **one lease per kite**, attached to both of its keys. A refresh is then a
-single lease keep-alive: no write, no revision, no watch event, which matters since
-every kite is refreshed each minute; expiry is exact per kite; and a delete or
-expiry removes both keys at once. (A lease per TTL bucket would save lease grants
-but turn every refresh into a rewrite of both keys.) etcd raises TTLs below its
+TTLs: **one shared lease per TTL and storage instance** (:mod:`kontrol.storage.etcd_leases`),
+attached to both keys of every kite the instance writes with that TTL and kept alive
+while it runs; the instance deletes each kite itself when its TTL runs out without a
+refresh. A registration is then one write (no lease grant: that consensus round cost
+etcd more than the write), a refresh of a kite the replica shows unchanged since our write
+no round trip at all (no write, no revision, no watch event; a delete by another writer is
+seen within the watch lag, and the next refresh says the kite is gone), and a crashed instance's kites go with its lease, at most a TTL after the
+crash -- live ones have moved to another instance's lease by then (the first refresh of a
+kite on another lease writes it onto the refreshing instance's own). The id index says
+whether a kite's lease is shared (``"shared": true``): only a kite's own lease (written
+by earlier versions) is kept alive or revoked per kite. etcd raises TTLs below its
 minimum (``ceil(1.5 * election timeout)``, 2 s by default) to that minimum.
 
 Atomicity: every change of a kite is one transaction guarded by the id index's
@@ -56,6 +62,7 @@ from .base import (
     whole_seconds,
 )
 from .errors import KeyPairExistsError, KeyPairNotFoundError, StorageError, StorageUnavailableError
+from .etcd_leases import Member, SharedLeases
 from .etcdhttp import API_PATH, EtcdHttp, EtcdHttpError, tls_context
 from .txnbatch import TxnBatcher
 
@@ -83,6 +90,11 @@ def _etcd_message(text: str) -> str:
     return text[:300]
 
 
+def _lease_not_found(error: StorageError) -> bool:
+    """Whether etcd refused a write because its lease no longer exists."""
+    return "lease not found" in str(error)
+
+
 def _revision_of(result: dict[str, Any]) -> int:
     """The revision an etcd response was made at (for a write: the write's)."""
     return int(result["header"]["revision"])
@@ -96,6 +108,8 @@ class _Index:
     ttl: int | None
     lease: int
     mod_revision: int
+    #: The lease is a shared one (of whichever instance wrote it last), not the kite's own.
+    shared: bool = False
 
 
 class EtcdStorage(common.EtcdStorageBase):
@@ -132,11 +146,10 @@ class EtcdStorage(common.EtcdStorageBase):
         #: The watch URL of each member, and the one the next watch stream opens on.
         self._watch_urls = [f"{protocol}://{h}:{p}{API_PATH}/watch" for h, p in self._http.endpoints]
         self._watch_member = 0
-        #: Kite id -> (lease, TTL) of this instance's last write of it: a refresh keeps that lease
-        #: alive in one round trip; on any doubt (expired, replaced) it reads the id index.
-        self._leases: dict[str, tuple[int, int]] = {}
         #: Combines the transactions of concurrent upserts (:mod:`kontrol.storage.txnbatch`).
         self.batcher = TxnBatcher(self._post)
+        #: The leases of the kites this instance writes, one per TTL (:mod:`kontrol.storage.etcd_leases`).
+        self.leases = SharedLeases(self._grant, self._keep_alive, self._expire)
         root = prefix.rstrip("/")
         self._kites = f"{root}/kites/"
         self._ids = f"{root}/kite-ids/"
@@ -173,7 +186,7 @@ class EtcdStorage(common.EtcdStorageBase):
     def _txn(self, compare: list[dict], success: list[dict], failure: list[dict] | None = None) -> dict[str, Any]:
         return self._post("/kv/txn", {"compare": compare, "success": success, "failure": failure or []})
 
-    def _grant(self, ttl: float) -> int:
+    def _grant(self, ttl: int) -> int:
         """A new lease of ``ttl`` seconds, rounded up (etcd may raise it to its minimum TTL)."""
         wanted = whole_seconds(ttl)
         result = self._post("/lease/grant", {"TTL": wanted, "ID": 0})
@@ -210,22 +223,26 @@ class EtcdStorage(common.EtcdStorageBase):
         obj = json.loads(wire.unb64(kv.get("value", "")) or "{}")
         kite = KiteIdentity.from_string(obj["kite"])
         record = KiteRecord(kite, obj.get("url", ""), obj.get("key_id", ""))
-        return _Index(record, obj.get("ttl"), int(kv.get("lease", 0)), int(kv["mod_revision"]))
+        return _Index(record, obj.get("ttl"), int(kv.get("lease", 0)), int(kv["mod_revision"]),
+                      bool(obj.get("shared")))
 
     @staticmethod
-    def _index_value(record: KiteRecord, ttl: int | None) -> str:
-        """The id index entry: the kite's path (identity), registration and requested TTL."""
-        return json.dumps({"kite": str(record.kite), "url": record.url, "key_id": record.key_id, "ttl": ttl})
+    def _index_value(record: KiteRecord, ttl: int | None, shared: bool) -> str:
+        """The id index entry: the kite's path (identity), registration, requested TTL, whether the lease is shared."""
+        value = {"kite": str(record.kite), "url": record.url, "key_id": record.key_id, "ttl": ttl}
+        if shared:
+            value["shared"] = True
+        return json.dumps(value)
 
     def _index(self, kid: str) -> _Index | None:
         return self._decode_index(self._get_kv(self._ids + kid))
 
     def _write(self, record: KiteRecord, lease: int, ttl: int | None) -> tuple[_Index | None, int]:
-        """Point the kite's keys at ``record`` with ``lease``, atomically; return what it replaced
-        and the revision of the write."""
+        """Point the kite's keys at ``record`` with ``lease`` (a shared one, or 0), atomically; return what
+        it replaced and the revision of the write."""
         id_key = self._ids + record.kite.id
         path_key = self._path_key(record.kite)
-        index = self._index_value(record, ttl)
+        index = self._index_value(record, ttl, shared=bool(lease))
         value = common.kite_value(record.url, record.key_id)
         old: _Index | None = None
         for attempt in common.retries(TXN_ATTEMPTS):
@@ -246,28 +263,35 @@ class EtcdStorage(common.EtcdStorageBase):
         check_kite(kite, url)
         ttl = check_ttl(ttl)
         record = KiteRecord(KiteIdentity(**kite.to_wire()), url, key_id)
-        lease = self._grant(ttl) if ttl is not None else 0
-        try:
-            old, revision = self._write(record, lease, whole_seconds(ttl) if ttl is not None else None)
-        except BaseException:
-            self._revoke_quietly(lease)
-            raise
+        wanted = whole_seconds(ttl) if ttl is not None else None
+        for attempt in (1, 2):
+            lease = self.leases.lease_for(wanted) if wanted is not None else None
+            try:
+                old, revision = self._write(record, lease.id if lease else 0, wanted)
+                break
+            except StorageError as e:
+                if lease is None or attempt == 2 or not _lease_not_found(e):
+                    raise
+                self.leases.lost(lease)  # expired or revoked behind our back: a new one, once
         if self.replica is not None:
             self.replica.wrote(record, revision)  # read your own writes, before the feed brings it
-        self._remember_lease(record.kite.id, lease, whole_seconds(ttl) if ttl is not None else None)
-        if old is not None and old.lease != lease:
-            self._revoke_quietly(old.lease)
+        if lease is not None:
+            self.leases.joined(lease, record, revision)
+        else:
+            self.leases.leave(record.kite.id)
+        if old is not None and not old.shared:
+            self._revoke_quietly(old.lease)  # its own lease (an earlier version's write)
 
     def refresh(self, kite: KiteRef, ttl: float | None) -> bool:
         ttl = check_ttl(ttl)
         kid = kite_id(kite)
         wanted = whole_seconds(ttl) if ttl is not None else None
-        known = self._leases.get(kid)
+        member = self.leases.member(kid, wanted) if wanted is not None else None
         replica = self._in_sync()
-        if (wanted is not None and known is not None and known[1] == wanted
-                and replica is not None and replica.get_by_id(kid) is not None and self._keep_alive(known[0])):
-            return True  # the lease of our own last write, alive, and its keys there: one round trip
-        self._leases.pop(kid, None)
+        if member is not None and replica is not None and replica.revision_of(kid) == member.revision:
+            self.leases.refreshed(member, wanted)  # on our lease, unchanged since our write: nothing to send
+            return True
+        self.leases.leave(kid)
         for _ in common.retries(TXN_ATTEMPTS):
             entry = self._index(kid)
             if entry is None:
@@ -275,24 +299,21 @@ class EtcdStorage(common.EtcdStorageBase):
             # A lease outlives keys deleted behind our back (etcdctl del, another tool): keeping it
             # alive would keep nothing findable. With the kite's key gone, both keys are written again.
             intact = self._path_stored(entry.record)
-            if intact and wanted is not None and entry.lease and entry.ttl == wanted:
-                if self._keep_alive(entry.lease):
-                    self._leases[kid] = (entry.lease, wanted)
-                    return True
-                return False
             if intact and wanted is None and not entry.lease:
                 return True
-            lease = self._grant(ttl) if ttl is not None else 0
-            try:
-                swapped = self._rewrite(entry, lease, wanted)
-            except BaseException:
-                self._revoke_quietly(lease)
-                raise
-            if swapped:
-                self._revoke_quietly(entry.lease)
-                self._remember_lease(kid, lease, wanted)
+            lease = self.leases.lease_for(wanted) if wanted is not None else None
+            if intact and lease is not None and entry.lease == lease.id:
+                self.leases.joined(lease, entry.record, entry.mod_revision)
                 return True
-            self._revoke_quietly(lease)
+            # Another instance's shared lease (this kite heartbeats here now), its own lease, another TTL:
+            # onto our lease.
+            revision = self._rewrite(entry, lease.id if lease else 0, wanted)
+            if revision is not None:
+                if lease is not None:
+                    self.leases.joined(lease, entry.record, revision)
+                if not entry.shared:
+                    self._revoke_quietly(entry.lease)
+                return True
         raise common.contended(f"kite {kid}")
 
     def _path_stored(self, record: KiteRecord) -> bool:
@@ -304,24 +325,27 @@ class EtcdStorage(common.EtcdStorageBase):
             return found is not None and found.kite == record.kite
         return self._get_kv(self._path_key(record.kite)) is not None
 
-    def _remember_lease(self, kid: str, lease: int, ttl: int | None) -> None:
-        """Note the lease of our own write of kite ``kid``, so its refresh is one keep-alive."""
-        if lease and ttl is not None:
-            self._leases[kid] = (lease, ttl)
-        else:
-            self._leases.pop(kid, None)
-
-    def _rewrite(self, entry: _Index, lease: int, ttl: int | None) -> bool:
-        """Move both keys of an unchanged entry to ``lease``; False if the entry changed meanwhile."""
+    def _rewrite(self, entry: _Index, lease: int, ttl: int | None) -> int | None:
+        """Move both keys of an unchanged entry to ``lease`` (shared, or 0); the revision of the write, or
+        None if the entry changed meanwhile."""
         r = entry.record
         ops = [wire.put(self._path_key(r.kite), common.kite_value(r.url, r.key_id), lease)]
-        ops.append(wire.put(self._ids + r.kite.id, self._index_value(r, ttl), lease))
-        result = self._txn([wire.unchanged(self._ids + r.kite.id, entry.mod_revision)], ops)
+        ops.append(wire.put(self._ids + r.kite.id, self._index_value(r, ttl, shared=bool(lease)), lease))
+        result = self.batcher.txn([wire.unchanged(self._ids + r.kite.id, entry.mod_revision)], ops, [])
         if not result.get("succeeded"):
-            return False
+            return None
+        revision = _revision_of(result)
         if self.replica is not None:
-            self.replica.wrote(r, _revision_of(result))  # the key may have been missing: findable at once
-        return True
+            self.replica.wrote(r, revision)  # the key may have been missing: findable at once
+        return revision
+
+    def _expire(self, member: Member) -> None:
+        """Delete a kite of ours whose TTL ran out, unless it changed since our write (another instance's)."""
+        kite = member.record.kite
+        ops = [wire.delete(self._path_key(kite)), wire.delete(self._ids + kite.id)]
+        result = self.batcher.txn([wire.unchanged(self._ids + kite.id, member.revision)], ops, [])
+        if result.get("succeeded") and self.replica is not None:
+            self.replica.deleted(kite, _revision_of(result))
 
     def delete(self, kite: KiteRef) -> bool:
         kid = kite_id(kite)
@@ -332,10 +356,11 @@ class EtcdStorage(common.EtcdStorageBase):
             ops = [wire.delete(self._path_key(entry.record.kite)), wire.delete(self._ids + kid)]
             result = self._txn([wire.unchanged(self._ids + kid, entry.mod_revision)], ops)
             if result.get("succeeded"):
-                self._leases.pop(kid, None)
+                self.leases.leave(kid)
                 if self.replica is not None:
                     self.replica.deleted(entry.record.kite, _revision_of(result))
-                self._revoke_quietly(entry.lease)
+                if not entry.shared:
+                    self._revoke_quietly(entry.lease)
                 return True
         raise common.contended(f"kite {kid}")
 
@@ -440,5 +465,6 @@ class EtcdStorage(common.EtcdStorageBase):
     # -- lifecycle ----------------------------------------------------------------------
 
     def _close_connections(self) -> None:
+        self.leases.close()
         self._http.close()
         gevent.sleep(0)  # let killed greenlets unwind and close their connections

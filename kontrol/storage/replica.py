@@ -109,6 +109,11 @@ class Replica:
         entry = self._kites.get(kite_id)
         return entry[0] if entry is not None else None
 
+    def revision_of(self, kite_id: str) -> int | None:
+        """The revision of the kite's last change known here, or None when it is not here."""
+        entry = self._kites.get(kite_id)
+        return entry[1] if entry is not None else None
+
     def scan(self, prefix: tuple[str, ...]) -> list[KiteRecord]:
         """The kites whose first ``len(prefix)`` path fields equal ``prefix``."""
         if len(prefix) >= 3:

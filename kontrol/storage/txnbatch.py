@@ -9,7 +9,8 @@ trip then serves many writers, which is most of the CPU a write costs.
 
 When the combined guard fails, each writer gets its own ``failure`` responses and does what
 it does after a lost race (read, retry alone); a combined request that etcd refuses is
-retried one transaction at a time, so one bad write never fails the others. A batch never
+retried one transaction at a time, so one bad write never fails the others (an unreachable etcd
+fails them all at once: retrying each alone would only multiply the wait). A batch never
 holds two writes of the same key (etcd refuses duplicate keys in a transaction) and stays
 under etcd's operation limit per transaction (``--max-txn-ops``, 128 by default). The
 queueing and combining are :class:`kontrol.storage.coalesce.Coalescer`'s; this module says how
@@ -23,10 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .coalesce import Coalescer
-from .errors import StorageError
+from .errors import StorageError, StorageUnavailableError
 
 #: Operations in one combined transaction at most (etcd's default limit is 128).
 MAX_TXN_OPS = 120
+#: Combined transactions under way at once: while one waits out an etcd without quorum (the storage
+#: timeout), the next writer's still gets its own answer in time.
+SENDERS = 2
 
 Post = Callable[[str, dict[str, Any]], dict[str, Any]]
 
@@ -53,8 +57,8 @@ class TxnBatcher:
     def __init__(self, post: Post, max_ops: int = MAX_TXN_OPS):
         self._post = post
         self._calls: Coalescer[_Txn, dict[str, Any]] = Coalescer(
-            self._send, max_size=max_ops, keys=lambda t: t.keys, size=lambda t: t.size,
-            alone=lambda error: isinstance(error, StorageError))
+            self._send, max_size=max_ops, keys=lambda t: t.keys, size=lambda t: t.size, senders=SENDERS,
+            alone=lambda error: isinstance(error, StorageError) and not isinstance(error, StorageUnavailableError))
 
     @property
     def requests(self) -> int:

@@ -98,22 +98,28 @@ def test_v2_pipelines_both_keys_and_still_ends_on_the_new_identity(etcd_server: 
 
 def test_v3_layout_and_leases(etcd_server: EtcdServer, prefix: str) -> None:
     raw = Etcd3Client(host="127.0.0.1", port=etcd_server.client_port)
-    kite = make_kite()
+    kite, other = make_kite(), make_kite(hostname="worker-2")
     with open_storage(f"etcd://127.0.0.1:{etcd_server.client_port}{prefix}") as storage:
         storage.upsert(kite, "http://a/kite", "key-1", ttl=LONG_TTL)
+        storage.upsert(other, "http://b/kite", "key-1", ttl=LONG_TTL)
         [(value, meta)] = raw.get(f"{prefix}/kites/alice/production/math/1.0.0/eu-west/worker-1/{kite.id}", True)
         assert json.loads(value) == {"url": "http://a/kite", "key_id": "key-1"}
         [(index, index_meta)] = raw.get(f"{prefix}/kite-ids/{kite.id}", True)
-        assert json.loads(index)["kite"] == str(kite)
+        assert json.loads(index) == {"kite": str(kite), "url": "http://a/kite", "key_id": "key-1", "ttl": LONG_TTL,
+                                     "shared": True}
         lease = meta["lease"]
-        assert index_meta["lease"] == lease  # one lease per kite holds both keys
+        [(_, other_meta)] = raw.get(f"{prefix}/kite-ids/{other.id}", True)
+        assert index_meta["lease"] == other_meta["lease"] == lease  # one lease for the instance's kites of a TTL
+        attached = raw.post(raw.get_url("/kv/lease/timetolive"), json={"ID": int(lease), "keys": True})["keys"]
+        assert len(attached) == 4  # both keys of both kites
 
-        # Refreshing with the same TTL is a keep-alive: no write, same lease.
+        # A refresh of our own kite sends nothing: no write, same lease.
         assert storage.refresh(kite, LONG_TTL) is True
         [(_, after)] = raw.get(f"{prefix}/kite-ids/{kite.id}", True)
         assert (after["lease"], after["mod_revision"]) == (lease, index_meta["mod_revision"])
 
-        # Deleting revokes the lease.
+        # Deleting a kite leaves the shared lease (and the other kite) alone.
         storage.delete(kite)
+        assert raw.get(f"{prefix}/kite-ids/{kite.id}") == []
         result = raw.post(raw.get_url("/kv/lease/timetolive"), json={"ID": int(lease)})
-        assert int(result["TTL"]) == -1
+        assert int(result["TTL"]) > 0 and storage.get_by_id(other.id) is not None

@@ -276,18 +276,23 @@ def test_a_compaction_past_the_feed_lists_again_and_watchers_miss_nothing(pair, 
     assert replicated.get_by_id("id-1") is None and replicated.get_by_id("id-3") is not None
 
 
-def test_a_refresh_of_our_own_write_is_one_keep_alive_and_safe_when_another_writer_moved_it(pair):
+def test_a_refresh_of_our_own_write_sends_nothing_and_is_safe_when_another_writer_moved_it(pair):
     replicated, direct = pair
     replicated.upsert(kite(7), "http://g/kite", ttl=30)
     calls: list[str] = []
     original = replicated._post
     replicated._post = lambda path, payload: calls.append(path) or original(path, payload)
-    assert replicated.refresh(kite(7), 30) and calls == ["/lease/keepalive"]
-    direct.upsert(kite(7), "http://moved/kite", ttl=30)  # another Kontrol: a new lease, ours revoked
+    assert replicated.refresh(kite(7), 30) and calls == []  # on our shared lease, unchanged: nothing to send
+    direct.upsert(kite(7), "http://moved/kite", ttl=30)  # another Kontrol: onto its lease
+    wait_until(lambda: replicated.get_by_id("id-7").url == "http://moved/kite", 5)
     calls.clear()
-    assert replicated.refresh(kite(7), 30)  # our lease is gone: it reads the index and keeps theirs alive
-    assert calls[0] == "/lease/keepalive" and "/kv/range" in calls
+    assert replicated.refresh(kite(7), 30)  # changed since our write: it reads the index, moves it onto ours
+    assert "/kv/range" in calls
+    ours = replicated.leases.member("id-7", 30)
+    assert ours is not None and replicated._index("id-7").lease == replicated.leases.lease_for(30).id
+    assert replicated.get_by_id("id-7").url == "http://moved/kite"  # moved, not rewritten with our old URL
     direct.delete(kite(7))
+    wait_until(lambda: replicated.get_by_id("id-7") is None, 5)  # the refresh trusts the replica: its watch lag
     assert not replicated.refresh(kite(7), 30)
 
 
