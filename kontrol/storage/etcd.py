@@ -12,14 +12,15 @@ TTLs: **one shared lease per TTL and storage instance** (:mod:`kontrol.storage.e
 attached to both keys of every kite the instance writes with that TTL and kept alive
 while it runs; the instance deletes each kite itself when its TTL runs out without a
 refresh. A registration is then one write (no lease grant: that consensus round cost
-etcd more than the write), a refresh of a kite the replica shows unchanged since our write
-no round trip at all (no write, no revision, no watch event; a delete by another writer is
-seen within the watch lag, and the next refresh says the kite is gone), and a crashed instance's kites go with its lease, at most a TTL after the
-crash -- live ones have moved to another instance's lease by then (the first refresh of a
-kite on another lease writes it onto the refreshing instance's own). The id index says
-whether a kite's lease is shared (``"shared": true``): only a kite's own lease (written
-by earlier versions) is kept alive or revoked per kite. etcd raises TTLs below its
-minimum (``ceil(1.5 * election timeout)``, 2 s by default) to that minimum.
+etcd more than the write). A refresh of a kite the replica shows unchanged since our
+own write is no round trip at all (no write, no revision, no watch event; a delete by
+another writer is seen within the watch lag, and the next refresh says the kite is
+gone); any other refresh writes the kite onto our lease. A crashed instance's kites go
+with its lease, at most a TTL after the crash -- the live ones have moved by then to the
+lease of the instance they heartbeat through. The id index says whether a kite's lease
+is shared (``"shared": true``); a kite's lease of its own (an earlier version's write) is
+revoked once the kite is on a shared one. etcd raises TTLs below its minimum
+(``ceil(1.5 * election timeout)``, 2 s by default) to that minimum.
 
 Atomicity: every change of a kite is one transaction guarded by the id index's
 ``mod_revision`` (optimistic concurrency, retried on conflict); no etcd locks.
