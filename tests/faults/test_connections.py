@@ -100,7 +100,8 @@ def fault_every_kite(processes, soak_seconds: float, sig: int) -> tuple[float, d
     for (label, _, _), gen in zip(TRANSPORTS, gens, strict=True):
         report = reports[label] = final_report(label, gen)
         assert_accounting(label, report)
-        assert report["outcomes"].get("DisconnectError", 0) >= CLIENTS * PENDING, (label, report)
+        # The report in full (a tuple would be elided by pytest): when the session of each client ended.
+        assert report["outcomes"].get("DisconnectError", 0) >= CLIENTS * PENDING, f"{label}: {json.dumps(report)}"
     return at, reports
 
 
@@ -168,7 +169,7 @@ def _stopped_kite_is_detected(processes, soak_seconds):
     for label, report in reports.items():
         last_client = report["disconnected_at"][1]
         detected[label] = round(last_client - stopped, 3)
-        assert DEAD_PEER * 2 / 3 <= last_client - stopped <= STOP_DETECT_BOUND, (label, report)
+        assert DEAD_PEER * 2 / 3 <= last_client - stopped <= STOP_DETECT_BOUND, f"{label}: {json.dumps(report)}"
     figures("sigstop kite: clients dropped it after (s)", bound=round(STOP_DETECT_BOUND, 2), **detected)
 
 
