@@ -107,10 +107,6 @@ class SharedLeases:
                 log.debug("granted shared lease %x of %d s", lease.id, ttl)
             return lease
 
-    def owns(self, lease_id: int) -> bool:
-        """Whether ``lease_id`` is one of our live shared leases."""
-        return any(lease.id == lease_id and lease.alive for lease in self._leases.values())
-
     def lost(self, lease: SharedLease) -> None:
         """``lease`` is gone in etcd (expired, revoked): forget it and its kites (their keys went with it)."""
         lease.alive = False
