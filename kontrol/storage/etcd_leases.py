@@ -62,7 +62,7 @@ class SharedLease:
     members: dict[str, Member] = field(default_factory=dict)
     alive: bool = True
     #: ``time.monotonic()`` when it is next kept alive (None: a keep-alive is under way).
-    keep_alive_at: float | None = 0.0
+    keep_alive_at: float | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.keep_alive_at = time.monotonic() + self.interval
@@ -91,7 +91,7 @@ class SharedLeases:
         self._due: list[tuple[float, str, int]] = []  # (deadline, kite id, lease id), stale entries skipped
         self._expiring = Pool(EXPIRE_CONCURRENCY)
         self._keeping = Group()
-        self._greenlets = [gevent.spawn(self._sweep_forever)]
+        self._sweeper = gevent.spawn(self._sweep_forever)
 
     # -- leases -----------------------------------------------------------------------------
 
@@ -119,8 +119,8 @@ class SharedLeases:
     def joined(self, lease: SharedLease, record: KiteRecord, revision: int) -> None:
         """Our write of ``record`` at ``revision`` attached it to ``lease``: due ``lease.ttl`` seconds from now."""
         self.leave(record.kite.id)
-        member = lease.members[record.kite.id] = Member(record, revision, time.monotonic() + lease.ttl)
-        heapq.heappush(self._due, (member.deadline, record.kite.id, lease.id))
+        member = lease.members[record.kite.id] = Member(record, revision, 0.0)
+        self._due_in(lease, member, lease.ttl)
 
     def member(self, kite_id: str, ttl: int) -> Member | None:
         """The kite as a member of our live lease of ``ttl`` seconds, or None."""
@@ -128,11 +128,13 @@ class SharedLeases:
         return lease.members.get(kite_id) if lease is not None and lease.alive else None
 
     def refreshed(self, member: Member, ttl: int) -> None:
-        """``member`` was refreshed: due ``ttl`` seconds from now."""
-        member.deadline = time.monotonic() + ttl
-        lease = self._leases.get(ttl)
-        if lease is not None:
-            heapq.heappush(self._due, (member.deadline, member.record.kite.id, lease.id))
+        """``member`` (of our lease of ``ttl`` seconds) was refreshed: due ``ttl`` seconds from now."""
+        self._due_in(self._leases[ttl], member, ttl)
+
+    def _due_in(self, lease: SharedLease, member: Member, seconds: float) -> None:
+        """Make ``member`` of ``lease`` due ``seconds`` from now (earlier entries of it become stale)."""
+        member.deadline = time.monotonic() + seconds
+        heapq.heappush(self._due, (member.deadline, member.record.kite.id, lease.id))
 
     def leave(self, kite_id: str) -> None:
         """Stop tracking the kite (deleted, or written again elsewhere)."""
@@ -169,10 +171,10 @@ class SharedLeases:
                 lease.keep_alive_at = None
                 self._keeping.spawn(self._keep_one_alive, lease)
         while self._due and self._due[0][0] <= now:
-            deadline, kite_id, lease_id = heapq.heappop(self._due)
+            _, kite_id, lease_id = heapq.heappop(self._due)
             lease = next((lease for lease in self._leases.values() if lease.id == lease_id), None)
             member = lease.members.get(kite_id) if lease is not None else None
-            if member is None or member.deadline > now or lease is None:
+            if lease is None or member is None or member.deadline > now:
                 continue  # refreshed since (a later entry is due), or no longer ours
             del lease.members[kite_id]
             self._expiring.spawn(self._expire_one, lease, member)
@@ -184,15 +186,13 @@ class SharedLeases:
             # Try again while the lease lives (when it expires, the kite's keys go with it anyway).
             log.debug("expiring %s: %s; retrying", member.record.kite, exc)
             if lease.alive and member.record.kite.id not in lease.members:
-                member.deadline = time.monotonic() + RETRY_DELAY
                 lease.members[member.record.kite.id] = member
-                heapq.heappush(self._due, (member.deadline, member.record.kite.id, lease.id))
+                self._due_in(lease, member, RETRY_DELAY)
         except StorageError as exc:
             log.warning("expiring %s failed: %s", member.record.kite, exc)
 
     def close(self) -> None:
         """Stop keeping the leases alive and expiring kites (what is attached stays until the leases expire)."""
-        for greenlet in self._greenlets:
-            greenlet.kill(block=False)
+        self._sweeper.kill(block=False)
         self._expiring.kill(block=False)
         self._keeping.kill(block=False)
