@@ -34,6 +34,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
@@ -48,7 +49,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import common  # noqa: E402
-from kontrol_scale import ENVIRONMENT, REGION, USER, VERSION, KontrolProcess, Plan  # noqa: E402
+from kontrol_scale import ENVIRONMENT, REGION, USER, VERSION, KontrolProcess, Plan, profiled  # noqa: E402
 from kontrol_setup import Sites, baseline_tree, current_tree, install_cleanup, scratch_dir  # noqa: E402
 
 SHARED_STORAGES = ("etcd", "etcd2", "postgres")
@@ -204,11 +205,18 @@ class TreeCpu:
         return sum(cpu - self.start.get(pid, 0.0) for pid, cpu in now.items()) / seconds * 100
 
 
-def measure(script: Path, url: str, opts: argparse.Namespace, pids: dict[str, list[int]], *args: str) -> Phase:
+def measure(script: Path, url: str, opts: argparse.Namespace, pids: dict[str, list[int]], profile: str,
+            *args: str) -> Phase:
+    """One wrk phase; with ``--py-spy DIR`` each Kontrol process sampled into ``DIR/<profile>-<pid>.txt``."""
     meters = {name: TreeCpu(p) for name, p in pids.items() if p}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    result, out = run_wrk(script, url, opts.seconds, opts.connections, opts.threads, *args)
+    with contextlib.ExitStack() as sampling:
+        plan = Plan(kites=0, quick=False, timings=TIMINGS, seconds=0, ws_kites=0, rounds=1, pin=False,
+                    py_spy=opts.py_spy)
+        for pid in pids["kontrol"]:
+            sampling.enter_context(profiled(plan, pid, f"{profile}-{pid}"))
+        result, out = run_wrk(script, url, opts.seconds, opts.connections, opts.threads, *args)
     for line in [x for x in out.splitlines() if x.startswith("BAD ")][:2] + [
             x.strip() for x in out.splitlines() if "Socket errors" in x]:
         print(f"  {line}", flush=True)
@@ -239,10 +247,11 @@ def one_run(kind: str, workers: int, sites: Sites, tree: Any, scripts: dict[str,
             raise Unsupported(kontrol.info["unsupported"])
         url = f"http://{common.HOST}:{kontrol.info['port']}"
         pids = {"kontrol": kontrol.pids, "storage": storage_pids(sites, kind)}
-        register = measure(scripts["register"], url, opts, pids, kontrol.info["kite_key"], run)
+        profile = f"{kind}-{tree.name}-w{workers}-{run}"
+        register = measure(scripts["register"], url, opts, pids, f"{profile}-register", kontrol.info["kite_key"], run)
         ids = register.ids
         cut = 2 * -(-opts.connections // opts.threads)  # twice the connections per wrk thread
-        heartbeat = measure(scripts["heartbeat"], url, opts, pids, run, ids, str(cut))
+        heartbeat = measure(scripts["heartbeat"], url, opts, pids, f"{profile}-heartbeat", run, ids, str(cut))
         return {"register": register, "heartbeat": heartbeat}
     finally:
         kontrol.stop()
@@ -306,8 +315,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="wrk threads (default: one per connection, so that a kite registers and heartbeats over "
                          "one connection, as a real one does: with workers, one worker serves all of it)")
+    ap.add_argument("--py-spy", type=Path, metavar="DIR", default=None,
+                    help="py-spy record every Kontrol process over each phase into DIR (raw collapsed stacks)")
     opts = ap.parse_args()
     opts.threads = opts.threads or opts.connections
+    if opts.py_spy is not None:
+        opts.py_spy.mkdir(parents=True, exist_ok=True)
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
     install_cleanup()

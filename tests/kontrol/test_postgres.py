@@ -539,6 +539,59 @@ def test_a_bad_write_in_a_shared_transaction_fails_alone(pg: PostgresStorage, ke
     assert pg.get_by_id(kites[0].id).url == "http://0/kite" and pg.get_by_id(kites[7].id) is None
 
 
+def test_new_kites_are_one_statement_and_existing_ones_one_transaction(opened: Opener, key_id: str,
+                                                                      monkeypatch) -> None:
+    """A batch of registrations is a single round trip (INSERT and NOTIFY in one statement, no
+    BEGIN/COMMIT); in a batch mixing new and existing kites only the existing ones take the
+    transaction. Watchers get every kite's events once, large batches split over notifications,
+    and a kite too large to announce is still stored."""
+    from kontrol.storage import postgres
+
+    pg, observer = opened(), opened()
+    recorder = Recorder()
+    observer.watch({"username": "alice"}, recorder)
+    statements: list[str] = []  # the writes' statements, by name
+    names = {postgres._INSERT_NEW_KITES: "INSERT+NOTIFY", postgres._UPDATE_KITES: "UPDATE",
+             postgres._INSERT_KITES: "INSERT", postgres._NOTIFY: "NOTIFY", "BEGIN": "BEGIN", "COMMIT": "COMMIT"}
+    real_run, real_execute = postgres.Connection.run, postgres.Connection.execute
+
+    def run(self, sql, **params):
+        statements.extend([names[sql]] if sql in names else [])
+        return real_run(self, sql, **params)
+
+    def execute(self, sql):
+        statements.extend([names[sql]] if sql in names else [])
+        return real_execute(self, sql)
+
+    monkeypatch.setattr(postgres.Connection, "run", run)
+    monkeypatch.setattr(postgres.Connection, "execute", execute)
+
+    # 60 kites with URLs of 600 characters: their REGISTER events need several notifications;
+    # one with a 10,000-character URL fits in none.
+    kites = [make_kite(hostname=f"batch-{i}") for i in range(61)]
+    urls = [f"http://10.0.0.4:{i}/{'p' * 600}" for i in range(60)] + [f"http://10.0.0.4/{'q' * 10_000}"]
+    # One batch, as the group commit makes it (upsert_many's first call would go alone).
+    pg._write_kites([(KiteRecord(k, u, key_id), LONG_TTL) for k, u in zip(kites, urls, strict=True)])
+    assert statements == ["INSERT+NOTIFY"], statements
+    assert {r.kite.id: r.url for r in pg.get({"username": "alice"})} == {k.id: u for k, u in zip(kites, urls)}
+    recorder.wait_for(lambda events: len(events) >= 60)
+    gevent.sleep(0.3)
+    assert sorted(recorder.actions()) == sorted((REGISTER, k.id) for k in kites[:60])
+
+    # Two existing kites (one moved, one unchanged) and a new one, in one batch.
+    statements.clear()
+    moved = KiteIdentity(**{**kites[0].to_wire(), "hostname": "moved"})
+    newcomer = make_kite(hostname="newcomer")
+    pg._write_kites([(KiteRecord(moved, urls[0], key_id), LONG_TTL), (KiteRecord(kites[1], urls[1], key_id), LONG_TTL),
+                     (KiteRecord(newcomer, "http://new/kite", key_id), LONG_TTL)])
+    assert statements == ["INSERT+NOTIFY", "BEGIN", "UPDATE", "NOTIFY", "COMMIT"], statements
+    recorder.wait_for(lambda events: len(events) >= 63)
+    gevent.sleep(0.3)
+    assert sorted(recorder.actions()[60:]) == sorted([(REGISTER, newcomer.id), (DEREGISTER, kites[0].id),
+                                                      (REGISTER, moved.id)])
+    assert pg.get_by_id(moved.id) == KiteRecord(moved, urls[0], key_id)
+
+
 def test_events_are_split_into_notifications_that_fit() -> None:
     events = [shared_event(i) for i in range(100)]
     payloads = event_payloads(events)
