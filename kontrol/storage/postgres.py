@@ -239,12 +239,7 @@ RETURNING id
 # goes in, -1 none), so that a batch of registrations is one round trip. Returns the ids inserted;
 # the others exist already and take the UPDATE path.
 _INSERT_NEW_KITES = f"""
-WITH inserted AS (
-    INSERT INTO kite.kite ({_KITE_COLUMNS}, updated_at)
-    SELECT {", ".join(f"n.{c}" for c in _NEW_COLUMNS[:-1])}, {_EXPIRES} FROM {_NEW_ROWS}
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
-)
+WITH inserted AS ({_INSERT_KITES})
 SELECT array_agg(e.id),
        CASE WHEN e.chunk >= 0
             THEN pg_notify('{CHANNEL}', '[' || string_agg(e.event, ',' ORDER BY e.n) || ']') END
