@@ -9,7 +9,9 @@ its storage:
 
 1. **register**: ``POST /register`` of new kites (unique ids per wrk thread and request,
    alice's kite key, 100 kites per name) for ``--seconds``;
-2. **heartbeat**: ``GET /heartbeat?id=`` cycling over the kites phase 1 registered.
+2. **heartbeat**: ``GET /heartbeat?id=`` cycling over the kites phase 1 registered;
+3. **reregister**: ``POST /register`` of those same kites again, as after a Kontrol restart (the
+   storage already has every one of them: the update path, not the insert).
 
 Each wrk thread has one keep-alive connection (``--threads`` defaults to ``--connections``) and
 heartbeats the kites it registered, as a real kite registers and heartbeats over one connection
@@ -53,11 +55,13 @@ from kontrol_scale import ENVIRONMENT, REGION, USER, VERSION, KontrolProcess, Pl
 from kontrol_setup import Sites, baseline_tree, current_tree, install_cleanup, scratch_dir  # noqa: E402
 
 SHARED_STORAGES = ("etcd", "etcd2", "postgres")
+PHASES = ("register", "heartbeat", "reregister")
 #: Registry timings of the served Kontrol (seconds): heartbeats are due every 10 s, so the bench's
 #: faster ones never find a kite expired.
 TIMINGS = {"heartbeat_interval": 10.0, "update_interval": 60.0, "key_ttl": 90.0}
 
-#: One ``POST /register`` per request: a new kite each time (thread t, request n: id ...-t-n).
+#: One ``POST /register`` per request: a new kite each time (thread t, request n: id ...-t-n), or with
+#: the register phase's ``thread:count`` pairs the same kites again (a Kontrol restart's wave).
 REGISTER_LUA = """
 -- globals: the main state's done() reads them from each thread (thread:get)
 counter, good, bad = 0, 0, 0
@@ -68,16 +72,24 @@ function setup(thread)
 end
 function init(args)
   key, run = args[1], args[2]
+  if args[3] then  -- re-register the kites phase 1 registered (thread:count pairs, less the last ``cut``)
+    for pair in string.gmatch(args[3], "[^,]+") do
+      local t, count = string.match(pair, "(%d+):(%d+)")
+      if tonumber(t) == tid then again = tonumber(count) - tonumber(args[4]) - 1 end
+    end
+  end
 end
 function request()
+  -- a new kite each time, or (re-register) the next of this thread's kites 2 .. count - cut
   counter = counter + 1
-  local id = string.format("%s-%04x-4000-8000-%012x", run, tid, counter)
+  local n = again and (counter - 1) % again + 2 or counter
+  local id = string.format("%s-%04x-4000-8000-%012x", run, tid, n)
   local body = string.format(
     '{"url":"http://h%d.example:4001/kite","kite":{"name":"svc%05d","username":"%s","id":"%s",' ..
     '"environment":"%s","region":"%s","version":"%s","hostname":"h%d-%d"},' ..
     '"auth":{"type":"kiteKey","key":"%s"}}',
-    counter, math.floor((tid * 1000000 + counter) / 100), "@USER@", id, "@ENV@", "@REGION@", "@VERSION@",
-    tid, counter, key)
+    n, math.floor((tid * 1000000 + n) / 100), "@USER@", id, "@ENV@", "@REGION@", "@VERSION@",
+    tid, n, key)
   return wrk.format("POST", "/register", {["Content-Type"] = "application/json"}, body)
 end
 function response(status, headers, body)
@@ -252,7 +264,9 @@ def one_run(kind: str, workers: int, sites: Sites, tree: Any, scripts: dict[str,
         ids = register.ids
         cut = 2 * -(-opts.connections // opts.threads)  # twice the connections per wrk thread
         heartbeat = measure(scripts["heartbeat"], url, opts, pids, f"{profile}-heartbeat", run, ids, str(cut))
-        return {"register": register, "heartbeat": heartbeat}
+        again = measure(scripts["register"], url, opts, pids, f"{profile}-reregister", kontrol.info["kite_key"], run,
+                        ids, str(cut))
+        return {"register": register, "heartbeat": heartbeat, "reregister": again}
     finally:
         kontrol.stop()
         sites.clear(kind, run, location)  # the next run gets a fresh etcd / database
@@ -353,9 +367,9 @@ def main() -> int:
                     print(f"[{kind} {c.label}] not supported by that version: {e}", flush=True)
                     continue
                 c.runs.append(result)
-                print(f"[{kind} r{r + 1} {c.label}] register {describe(result['register'])}; "
-                      f"heartbeat {describe(result['heartbeat'])}", flush=True)
-        for name in ("register", "heartbeat"):
+                print(f"[{kind} r{r + 1} {c.label}] " + "; ".join(f"{name} {describe(result[name])}"
+                                                                   for name in PHASES), flush=True)
+        for name in PHASES:
             rates = " | ".join(rate_cell(c, name) for c in contenders)
             cpus = " | ".join(cpu_cell(c, name) for c in contenders)
             versus = f" | {ratio_cell(one, contenders[2], name)}" if opts.baseline else ""

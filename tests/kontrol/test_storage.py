@@ -277,6 +277,40 @@ def test_ttl_expiry_and_permanent_kites(storage: Storage, key_ids: list[str]) ->
     assert [(e.kite, e.url, e.key_id) for e in gone] == [(short, "http://short/kite", k)]
 
 
+#: Characters that array, JSON, SQL and URL encodings each treat specially.
+AWKWARD = "a \"quoted\", {braced} 'single' \\back\\slash, NULL; ü 漢 \U0001f680 %20 &amp;\t"
+
+
+def test_awkward_characters_survive_every_path(storage: Storage, key_id: str) -> None:
+    """Fields and URLs full of quotes, backslashes, commas, braces and non-ASCII come back as they
+    went in: written alone and in a batch, looked up by id and by query, refreshed, and announced."""
+    recorder = Recorder()
+    storage.watch({"username": AWKWARD}, recorder)
+    fields = {f: f"{AWKWARD}{f}" for f in ("username", "environment", "name", "region", "hostname")}
+    fields["username"] = AWKWARD
+    alone = make_kite(**fields)
+    batch = [make_kite(**{**fields, "hostname": f"{AWKWARD}{n}"}) for n in range(3)]
+    url = f"http://h/kite?q={AWKWARD}"
+    storage.upsert(alone, url, key_id, ttl=LONG_TTL)
+    storage.upsert_many([KiteRecord(k, url + k.hostname, key_id) for k in batch], ttl=LONG_TTL)
+    assert storage.get_by_id(alone.id) == KiteRecord(alone, url, key_id)
+    found = storage.get({"username": AWKWARD, "environment": fields["environment"]})
+    assert {r.kite.id: r.kite for r in found} == {k.id: k for k in (alone, *batch)}
+    assert storage.get(alone) == [KiteRecord(alone, url, key_id)]
+    assert storage.refresh(alone, LONG_TTL)
+    moved = make_kite(**{**fields, "id": alone.id, "hostname": AWKWARD + "moved"})
+    storage.upsert(moved, url + "moved", key_id, ttl=LONG_TTL)  # the update path: old and new rows
+    assert storage.get_by_id(alone.id) == KiteRecord(moved, url + "moved", key_id)
+    assert storage.delete(moved)
+    recorder.wait_for(lambda events: len(events) >= 7)
+    seen = [(e.action, e.kite, e.url) for e in recorder.events]
+    assert seen[0] == (REGISTER, alone, url)
+    in_batch = sorted(seen[1:4], key=lambda e: e[1].id)  # a batch's order is the backend's
+    assert in_batch == [(REGISTER, k, url + k.hostname) for k in sorted(batch, key=lambda k: k.id)]
+    assert seen[4:] == [(DEREGISTER, alone, url), (REGISTER, moved, url + "moved"),
+                        (DEREGISTER, moved, url + "moved")]
+
+
 def test_watch_register_and_deregister(storage: Storage, key_ids: list[str]) -> None:
     k1, other = key_ids
     recorder = Recorder()
