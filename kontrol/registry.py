@@ -28,6 +28,8 @@ is made to agree with it:
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -79,6 +81,8 @@ class Entry:
     adopted: bool = field(default=False)
     #: Wall-clock time (Unix seconds) it registered here, or was adopted; ``last_seen`` is monotonic.
     registered_at: float = field(default_factory=time.time)
+    #: When the refresher looks at it next (its earliest pending wake-up; inf: none pending).
+    wake: float = field(default=float("inf"), repr=False, compare=False)
 
 
 class Registry:
@@ -99,6 +103,10 @@ class Registry:
         self.update_interval = update_interval
         self.key_ttl = key_ttl
         self._entries: dict[str, Entry] = {}
+        #: ``(when, n, entry)``: when the refresher must look at an entry (its refresh is due or its
+        #: heartbeats are overdue). Lazy: an item whose time is no longer its entry's ``wake`` is skipped.
+        self._wakeups: list[tuple[float, int, Entry]] = []
+        self._pushes = itertools.count()
         self._pool = Pool(REFRESH_CONCURRENCY)
         self._refresher: gevent.Greenlet | None = None
 
@@ -141,14 +149,18 @@ class Registry:
         entry = Entry(kite, url, key_id, kind, now, self._next(now), written=False)
         self.storage.upsert(kite, url, key_id, self.key_ttl)
         entry.written = True
-        self._entries[kite.id] = entry
+        self._add(entry)
 
     def register_many(self, records: list[tuple[KiteIdentity, str, str]], kind: str) -> None:
         """:meth:`register` many ``(kite, url, key_id)`` at once (one batched storage write)."""
         self.storage.upsert_many([KiteRecord(kite, url, key_id) for kite, url, key_id in records], self.key_ttl)
         now = time.monotonic()
         for kite, url, key_id in records:
-            self._entries[kite.id] = Entry(kite, url, key_id, kind, now, self._next(now), written=True)
+            self._add(Entry(kite, url, key_id, kind, now, self._next(now), written=True))
+
+    def _add(self, entry: Entry) -> None:
+        self._entries[entry.kite.id] = entry
+        self._schedule(entry)
 
     def seen(self, kite_id: str) -> bool:
         """A heartbeat from ``kite_id``: ``False`` if neither this registry nor the storage has it
@@ -156,9 +168,10 @@ class Registry:
         entry = self._entries.get(kite_id)
         if entry is None:
             return self._adopt(kite_id)
-        entry.last_seen = time.monotonic()
+        entry.last_seen = time.monotonic()  # its overdue check, when it comes, finds it alive and looks later
         if not entry.written:
             entry.next_refresh = 0.0  # rewrite it at the next tick
+            self._schedule(entry)
         return True
 
     def _adopt(self, kite_id: str) -> bool:
@@ -178,8 +191,7 @@ class Registry:
         # Refreshed at the next tick, not an update interval from now: the entry was last refreshed by
         # the Kontrol that registered it, up to an update interval ago (and that one may be dead), so
         # waiting another interval could let it expire -- and an adopted kite that expired is dropped.
-        self._entries[kite_id] = Entry(record.kite, record.url, record.key_id, HTTP, now, 0.0,
-                                       written=True, adopted=True)
+        self._add(Entry(record.kite, record.url, record.key_id, HTTP, now, 0.0, written=True, adopted=True))
         log.debug("%s heartbeats here: adopted from the storage", record.kite)
         return True
 
@@ -228,18 +240,37 @@ class Registry:
                 log.exception("refresh tick failed")
             gevent.sleep(TICK)
 
+    def _schedule(self, entry: Entry) -> None:
+        """Have the refresher look at ``entry`` when its refresh is due or, for a kite that heartbeats,
+        when it would be overdue (a heartbeat since then only moves that check on: the entry is looked
+        at about once per heartbeat deadline, not at every tick)."""
+        at = entry.next_refresh
+        if entry.kind != SELF:
+            at = min(at, entry.last_seen + self.heartbeat_interval + self.heartbeat_delay)
+        if at < entry.wake:
+            entry.wake = at
+            heapq.heappush(self._wakeups, (at, next(self._pushes), entry))
+
     def _tick(self) -> None:
+        """Refresh the entries that are due and drop those whose heartbeats stopped: only those are
+        touched (a heap of wake-ups), so a tick costs what is due, not what is registered."""
         now = time.monotonic()
         deadline = self.heartbeat_interval + self.heartbeat_delay
-        for kite_id, entry in list(self._entries.items()):
-            if entry.kind != SELF and now - entry.last_seen > deadline:
+        while self._wakeups and self._wakeups[0][0] <= now:
+            at, _, entry = heapq.heappop(self._wakeups)
+            kite_id = entry.kite.id
+            if at != entry.wake or self._entries.get(kite_id) is not entry:
+                continue  # superseded by an earlier wake-up, or no longer registered
+            entry.wake = float("inf")
+            if entry.kind != SELF and now - entry.last_seen >= deadline:
                 # Gone quiet: stop refreshing; the storage TTL removes it (§7.8).
                 log.info("%s stopped heartbeating; letting it expire", entry.kite)
                 del self._entries[kite_id]
                 continue
             if entry.next_refresh <= now:
-                entry.next_refresh = float("inf")  # in progress
+                entry.next_refresh = float("inf")  # in progress: _refresh schedules it when done
                 self._pool.spawn(self._refresh, entry)
+            self._schedule(entry)  # strictly later now: the overdue check (and the refresh) to come
 
     def _refresh(self, entry: Entry) -> None:
         try:
@@ -247,7 +278,8 @@ class Registry:
                 if entry.adopted:
                     # Not ours to bring back: whoever registered it deleted it (a websocket kite that
                     # left -- heartbeats are unauthenticated, anyone can send its id), or it expired.
-                    self._entries.pop(entry.kite.id, None)
+                    if self._entries.get(entry.kite.id) is entry:  # not a registration made since
+                        del self._entries[entry.kite.id]
                     log.info("%s, adopted on a heartbeat, is gone from the storage; forgetting it", entry.kite)
                     return
                 # The entry vanished (expired during an outage, or deleted): write it again.
@@ -256,7 +288,15 @@ class Registry:
             entry.next_refresh = self._next(time.monotonic())
         except StorageUnavailableError as exc:
             log.warning("storage unavailable refreshing %s: %s; retrying", entry.kite, exc)
-            entry.next_refresh = time.monotonic() + RETRY_DELAY * random.uniform(0.5, 1.5)
+            entry.next_refresh = self._retry_time()
         except StorageError as exc:
             log.error("refreshing %s failed: %s", entry.kite, exc)
-            entry.next_refresh = time.monotonic() + RETRY_DELAY * random.uniform(0.5, 1.5)
+            entry.next_refresh = self._retry_time()
+        except Exception:  # a bug must not stop this kite's refreshes for good
+            log.exception("refreshing %s failed", entry.kite)
+            entry.next_refresh = self._retry_time()
+        self._schedule(entry)
+
+    @staticmethod
+    def _retry_time() -> float:
+        return time.monotonic() + RETRY_DELAY * random.uniform(0.5, 1.5)
