@@ -14,8 +14,9 @@ tree and ``sys.path`` and the editable install's finder stripped of every other 
 READY line names the ``kontrol`` it imported and the ``kite``/``kontrol`` modules loaded
 from outside its tree (none are allowed; checked again at the end of the run). ``--serve``
 uses only what the baseline has too: ``Kontrol(config, storage, **registry timings)``, its
-registry's entries (``next_refresh``) and storage, the kite's Flask app. The clients --
-the ``--worker`` processes and this process -- are "current" for both versions.
+registry's entries (``next_refresh``; and ``_schedule`` where there is one) and storage, the
+kite's Flask app. The clients -- the ``--worker`` processes and this process -- are "current"
+for both versions.
 
 **Storages.** sqlite: a new file per run (tmpfs). etcd (v3) and etcd2 (the v2 API, the Go
 layout): one real etcd -- ``/usr/bin/etcd`` -- on free 127.0.0.1 ports with v2 enabled and
@@ -423,8 +424,11 @@ def add_bench_routes(kontrol: Any, tree: Path) -> Callable[[], None]:
     def refresh_wave() -> Any:
         now, spread = time.monotonic(), float(request.args["spread"])
         due = [e for e in list(entries.values()) if e.next_refresh != inf and e.kite.id != kontrol.kite.id]
+        schedule = getattr(kontrol.registry, "_schedule", None)  # since acd7f2a a heap says when to look
         for e in due:  # brought forward, never put off (an overdue refresh stays due)
             e.next_refresh = min(e.next_refresh, now + random.uniform(0.0, spread))
+            if schedule is not None:
+                schedule(e)
         wave["end"] = now + spread
         return jsonify({"scheduled": len(due)})
 
