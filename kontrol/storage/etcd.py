@@ -245,7 +245,7 @@ class EtcdStorage(common.EtcdStorageBase):
         path_key = self._path_key(record.kite)
         index = self._index_value(record, ttl, shared=bool(lease))
         value = common.kite_value(record.url, record.key_id)
-        old: _Index | None = None
+        old = self._believed(record.kite.id, ttl)
         for attempt in common.retries(TXN_ATTEMPTS):
             ops = [wire.put(path_key, value, lease), wire.put(id_key, index, lease)]
             if old is not None and self._path_key(old.record.kite) != path_key:
@@ -259,6 +259,21 @@ class EtcdStorage(common.EtcdStorageBase):
             kvs = result["responses"][0]["response_range"].get("kvs") or []
             old = self._decode_index(kvs[0] if kvs else None)
         raise common.contended(f"kite {record.kite.id}")
+
+    def _believed(self, kid: str, ttl: int | None) -> _Index | None:
+        """The kite's id entry as this instance believes it is -- its own last write of it, or what the
+        replica last saw -- to guard the first try with, so that re-registering a stored kite joins the
+        combined transactions like a new one instead of failing one (and with it every writer in it). A
+        wrong belief costs a retry. The lease of a replica's entry is unknown: it is taken as shared (not
+        revoked), so an earlier version's lease of its own is left to expire, empty, at its TTL."""
+        member = self.leases.member(kid, ttl) if ttl is not None else None
+        if member is not None:
+            return _Index(member.record, ttl, 0, member.revision, shared=True)
+        if self.replica is not None:
+            record, revision = self.replica.get_by_id(kid), self.replica.revision_of(kid)
+            if record is not None and revision is not None:
+                return _Index(record, None, 0, revision, shared=True)
+        return None
 
     def upsert(self, kite: KiteIdentity, url: str, key_id: str = "", ttl: float | None = None) -> None:
         check_kite(kite, url)

@@ -62,3 +62,38 @@ def test_a_refused_transaction_fails_alone(storage):
     assert isinstance(bad.exception, StorageError) and "lease not found" in str(bad.exception)
     kvs = storage._range_all(prefix)[1]
     assert sorted(base64.b64decode(kv["key"]).decode().rsplit("/", 1)[1] for kv in kvs) == [str(i) for i in range(10)]
+
+
+def count_alone(storage: EtcdStorage) -> list:
+    """The transactions ``storage`` sends on their own from now on (not through its batcher)."""
+    alone: list = []
+    txn = storage._txn
+    storage._txn = lambda *args: alone.append(args) or txn(*args)
+    return alone
+
+
+def test_a_wave_of_re_registrations_shares_requests_too(storage):
+    """Re-registering stored kites is guarded by what this instance knows of them (its own last write,
+    or its replica), so it joins the combined transactions as a new kite does: no guard fails, nothing
+    is retried alone, and the new kites in the same batches land too."""
+    for i in range(100):
+        storage.upsert(kite(i), f"http://10.0.0.3:{i}/kite", "", 30)
+    alone = count_alone(storage)
+    before_requests, before_txns = storage.batcher.requests, storage.batcher.transactions
+    jobs = [gevent.spawn(storage.upsert, kite(i), f"http://10.0.0.4:{i}/kite", "", 30) for i in range(200)]
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    requests = storage.batcher.requests - before_requests
+    transactions = storage.batcher.transactions - before_txns
+    assert (transactions, len(alone)) == (200, 0) and requests < 100, (requests, transactions, len(alone))
+    assert all(storage.get_by_id(f"id-{i}").url == f"http://10.0.0.4:{i}/kite" for i in range(200))
+    # Another instance's view: the replica's, guarded by the revision it saw.
+    other = EtcdStorage(storage._http.host, storage._http.port, storage._kites.rsplit("/kites/", 1)[0])
+    try:
+        assert other.count() == 200
+        alone = count_alone(other)
+        jobs = [gevent.spawn(other.upsert, kite(i), f"http://10.0.0.5:{i}/kite", "", 30) for i in range(200)]
+        gevent.joinall(jobs, timeout=30, raise_error=True)
+        assert (other.batcher.transactions, len(alone)) == (200, 0) and other.batcher.requests < 100
+        assert all(storage._index(f"id-{i}").record.url == f"http://10.0.0.5:{i}/kite" for i in range(200))
+    finally:
+        other.close()
