@@ -73,6 +73,8 @@ DEFAULT_PREFIX = "/kontrol"
 #: Optimistic transactions retried this often under contention on one kite before
 #: giving up (contention means several Kontrols rewriting the same kite at once).
 TXN_ATTEMPTS = 20
+#: Times a writer whose own guard held rejoins a combined transaction that another writer's guard failed.
+REJOINS = 3
 #: Keys fetched per range request, so a huge registry is read in bounded responses.
 RANGE_PAGE_SIZE = 1000
 #: HTTP statuses of the gateway for gRPC Unavailable / DeadlineExceeded: the member has no leader
@@ -94,6 +96,11 @@ def _etcd_message(text: str) -> str:
 def _lease_not_found(error: StorageError) -> bool:
     """Whether etcd refused a write because its lease no longer exists."""
     return "lease not found" in str(error)
+
+
+def _still(old: _Index | None, current: dict[str, Any] | None) -> bool:
+    """Whether the id entry ``current`` (a kv, None: absent) is still the ``old`` a guard expected."""
+    return current is None if old is None else current is not None and int(current["mod_revision"]) == old.mod_revision
 
 
 def _revision_of(result: dict[str, Any]) -> int:
@@ -246,18 +253,25 @@ class EtcdStorage(common.EtcdStorageBase):
         index = self._index_value(record, ttl, shared=bool(lease))
         value = common.kite_value(record.url, record.key_id)
         old = self._believed(record.kite.id, ttl)
+        failure = [{"request_range": {"key": wire.b64(id_key)}}]
         for attempt in common.retries(TXN_ATTEMPTS):
             ops = [wire.put(path_key, value, lease), wire.put(id_key, index, lease)]
             if old is not None and self._path_key(old.record.kite) != path_key:
                 ops.insert(0, wire.delete(self._path_key(old.record.kite)))
             guard = wire.unchanged(id_key, old.mod_revision) if old else wire.absent(id_key)
-            failure = [{"request_range": {"key": wire.b64(id_key)}}]
             # The first try (a new kite, the usual case) joins the writes in flight; a retry goes alone.
-            result = self.batcher.txn([guard], ops, failure) if attempt == 0 else self._txn([guard], ops, failure)
-            if result.get("succeeded"):
-                return old, _revision_of(result)
-            kvs = result["responses"][0]["response_range"].get("kvs") or []
-            old = self._decode_index(kvs[0] if kvs else None)
+            # A combined transaction fails whole when any writer's guard fails: a writer whose own guard
+            # held joins the next one again (up to REJOINS times) instead of counting a lost race.
+            for _ in range(REJOINS + 1 if attempt == 0 else 1):
+                batched = attempt == 0
+                result = self.batcher.txn([guard], ops, failure) if batched else self._txn([guard], ops, failure)
+                if result.get("succeeded"):
+                    return old, _revision_of(result)
+                kvs = result["responses"][0]["response_range"].get("kvs") or []
+                current = kvs[0] if kvs else None
+                if not batched or not _still(old, current):
+                    break
+            old = self._decode_index(current)
         raise common.contended(f"kite {record.kite.id}")
 
     def _believed(self, kid: str, ttl: int | None) -> _Index | None:

@@ -15,6 +15,8 @@ from kontrol.storage import etcd3_wire as wire
 from kontrol.storage.etcd import EtcdStorage
 from kontrol.storage.txnbatch import TxnBatcher
 
+from .conftest import wait_until
+
 
 @pytest.fixture
 def storage(etcd_server):
@@ -90,6 +92,7 @@ def test_a_wave_of_re_registrations_shares_requests_too(storage):
     other = EtcdStorage(storage._http.host, storage._http.port, storage._kites.rsplit("/kites/", 1)[0])
     try:
         assert other.count() == 200
+        wait_until(lambda: len(other.replica) == 200)  # its view of them: the replica's first listing
         alone = count_alone(other)
         jobs = [gevent.spawn(other.upsert, kite(i), f"http://10.0.0.5:{i}/kite", "", 30) for i in range(200)]
         gevent.joinall(jobs, timeout=30, raise_error=True)
@@ -97,3 +100,21 @@ def test_a_wave_of_re_registrations_shares_requests_too(storage):
         assert all(storage._index(f"id-{i}").record.url == f"http://10.0.0.5:{i}/kite" for i in range(200))
     finally:
         other.close()
+
+
+def test_a_wrong_guard_sends_only_its_own_writer_alone(storage):
+    """An instance without a replica does not know kites another one stored: its first tries of those
+    expect them absent and fail their combined transactions; only those writers retry alone, the others
+    (new kites, whose guards held) join the next combined transaction."""
+    prefix = storage._kites.rsplit("/kites/", 1)[0]
+    blind = EtcdStorage(storage._http.host, storage._http.port, prefix, replica=False)
+    try:
+        for i in range(10):
+            storage.upsert(kite(i), f"http://10.0.0.6:{i}/kite", "", 30)
+        alone = count_alone(blind)
+        jobs = [gevent.spawn(blind.upsert, kite(i), f"http://10.0.0.7:{i}/kite", "", 30) for i in range(200)]
+        gevent.joinall(jobs, timeout=30, raise_error=True)
+        assert len(alone) <= 10, len(alone)
+        assert all(blind._index(f"id-{i}").record.url == f"http://10.0.0.7:{i}/kite" for i in range(200))
+    finally:
+        blind.close()
