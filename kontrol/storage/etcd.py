@@ -262,8 +262,8 @@ class EtcdStorage(common.EtcdStorageBase):
             # The first try (a new kite, the usual case) joins the writes in flight; a retry goes alone.
             # A combined transaction fails whole when any writer's guard fails: a writer whose own guard
             # held joins the next one again (up to REJOINS times) instead of counting a lost race.
-            for _ in range(REJOINS + 1 if attempt == 0 else 1):
-                batched = attempt == 0
+            batched = attempt == 0
+            for _ in range(REJOINS + 1 if batched else 1):
                 result = self.batcher.txn([guard], ops, failure) if batched else self._txn([guard], ops, failure)
                 if result.get("succeeded"):
                     return old, _revision_of(result)
